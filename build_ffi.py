@@ -1,0 +1,629 @@
+"""
+cffi build script for C{uringreactor._liburing}, the binding to liburing.
+
+The binding is deliberately small.  Python never touches a submission or
+completion queue entry directly: every operation is prepared by one C call
+that takes a free SQE, fills it in and tags it with its C{user_data}, and
+completions are copied out in batches into a flat array of
+C{(user_data, res, flags)} records.  Each crossing from Python into C costs
+tens of nanoseconds, so the helpers are shaped to need one crossing per
+operation and one per batch of completions.
+
+Helpers newer than liburing 2.3 (Debian 12) are written out here rather than
+required from the library.
+
+C{user_data} layout: the low 8 bits hold the operation kind (see C{UR_KIND_*}),
+the rest a serial number chosen by Python.  The kind lets the C side finish
+what Python can no longer do when a ring is torn down (close sockets that a
+cancelled accept still produced) and keeps an exact count of operations the
+kernel still owns.
+"""
+
+from cffi import FFI
+
+CDEF = r"""
+#define IORING_SETUP_CQSIZE ...
+#define IORING_SETUP_R_DISABLED ...
+#define IORING_SETUP_SUBMIT_ALL ...
+#define IORING_SETUP_COOP_TASKRUN ...
+#define IORING_SETUP_TASKRUN_FLAG ...
+#define IORING_SETUP_SINGLE_ISSUER ...
+#define IORING_SETUP_DEFER_TASKRUN ...
+
+#define IORING_FEAT_NODROP ...
+#define IORING_FEAT_FAST_POLL ...
+#define IORING_FEAT_EXT_ARG ...
+#define IORING_FEAT_CQE_SKIP ...
+
+#define IORING_CQE_F_BUFFER ...
+#define IORING_CQE_F_MORE ...
+#define IORING_CQE_F_SOCK_NONEMPTY ...
+#define IORING_CQE_BUFFER_SHIFT ...
+
+#define IORING_OP_POLL_ADD ...
+#define IORING_OP_ASYNC_CANCEL ...
+#define IORING_OP_ACCEPT ...
+#define IORING_OP_CONNECT ...
+#define IORING_OP_SEND ...
+#define IORING_OP_RECV ...
+#define IORING_OP_SENDMSG ...
+#define IORING_OP_RECVMSG ...
+#define IORING_OP_PROVIDE_BUFFERS ...
+#define IORING_OP_SEND_ZC ...
+
+#define UR_KIND_INTERNAL ...
+#define UR_KIND_POLL ...
+#define UR_KIND_ACCEPT ...
+#define UR_KIND_RECV ...
+#define UR_KIND_SEND ...
+#define UR_KIND_CONNECT ...
+#define UR_KIND_OTHER ...
+
+struct iovec {
+    void *iov_base;
+    size_t iov_len;
+};
+
+struct ur_ring {
+    unsigned setup_flags;
+    unsigned features;
+    int enabled;
+    long long inflight;
+    unsigned long long enters;
+    unsigned long long sqes;
+    unsigned long long cqes;
+    unsigned long long sq_full;
+    ...;
+};
+
+struct ur_cqe {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+};
+
+struct ur_bufring {
+    char *base;
+    unsigned nbufs;
+    unsigned bufsize;
+    int bgid;
+    ...;
+};
+
+int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
+                 unsigned flags);
+void ur_ring_exit(struct ur_ring *r);
+int ur_ring_enable(struct ur_ring *r);
+int ur_ring_fd(struct ur_ring *r);
+int ur_register_ring_fd(struct ur_ring *r);
+int ur_probe_opcode(struct ur_ring *r, int opcode);
+unsigned ur_sq_ready(struct ur_ring *r);
+
+int ur_submit(struct ur_ring *r);
+int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
+int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
+int ur_drain(struct ur_ring *r, int timeout_ms);
+
+int ur_prep_nop(struct ur_ring *r, uint64_t ud);
+int ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
+                 uint64_t ud);
+int ur_prep_cancel(struct ur_ring *r, uint64_t target, uint64_t ud);
+int ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
+                   int flags, int multishot, uint64_t ud);
+int ur_prep_connect(struct ur_ring *r, int fd, const void *addr,
+                    unsigned addrlen, uint64_t ud);
+int ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len, int flags,
+                 uint64_t ud);
+int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
+                           uint64_t ud);
+int ur_prep_send(struct ur_ring *r, int fd, const void *buf, size_t len,
+                 int flags, uint64_t ud);
+int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
+                  void *msghdr, int flags, uint64_t ud);
+int ur_prep_sendmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
+                    uint64_t ud);
+int ur_prep_recvmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
+                    uint64_t ud);
+size_t ur_msghdr_size(void);
+void ur_msghdr_set(void *msghdr, void *name, unsigned namelen,
+                   struct iovec *iov, int iovcnt, void *control,
+                   size_t controllen);
+unsigned ur_msghdr_namelen(void *msghdr);
+size_t ur_msghdr_controllen(void *msghdr);
+int ur_msghdr_flags(void *msghdr);
+
+int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
+                     unsigned bufsize, int bgid);
+void ur_bufring_recycle(struct ur_bufring *b, unsigned bid);
+void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
+"""
+
+SOURCE = r"""
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <liburing.h>
+
+#define UR_KIND_INTERNAL 0
+#define UR_KIND_POLL 1
+#define UR_KIND_ACCEPT 2
+#define UR_KIND_RECV 3
+#define UR_KIND_SEND 4
+#define UR_KIND_CONNECT 5
+#define UR_KIND_OTHER 6
+#define UR_KIND(ud) ((unsigned)((ud) & 0xff))
+
+#ifndef IORING_CQE_BUFFER_SHIFT
+#define IORING_CQE_BUFFER_SHIFT 16
+#endif
+
+struct ur_ring {
+    struct io_uring ring;
+    unsigned setup_flags;
+    unsigned features;
+    int enabled;
+    long long inflight;          /* operations the kernel still owns */
+    unsigned long long enters;   /* calls that may enter the kernel */
+    unsigned long long sqes;     /* SQEs prepared */
+    unsigned long long cqes;     /* CQEs reaped */
+    unsigned long long sq_full;  /* submissions forced by a full SQ */
+};
+
+struct ur_cqe {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+};
+
+struct ur_bufring {
+    struct io_uring_buf_ring *br;
+    char *base;
+    size_t ring_bytes;
+    unsigned nbufs;
+    unsigned bufsize;
+    unsigned mask;
+    int bgid;
+};
+
+int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
+                 unsigned flags)
+{
+    struct io_uring_params p;
+    int ret;
+
+    memset(r, 0, sizeof(*r));
+    memset(&p, 0, sizeof(p));
+    p.flags = flags;
+    if (cq_entries) {
+        p.flags |= IORING_SETUP_CQSIZE;
+        p.cq_entries = cq_entries;
+    }
+    ret = io_uring_queue_init_params(entries, &r->ring, &p);
+    if (ret < 0)
+        return ret;
+    r->setup_flags = p.flags;
+    r->features = p.features;
+    r->enabled = !(p.flags & IORING_SETUP_R_DISABLED);
+    return 0;
+}
+
+void ur_ring_exit(struct ur_ring *r)
+{
+    io_uring_queue_exit(&r->ring);
+}
+
+/* A ring created with IORING_SETUP_R_DISABLED takes its single issuer from
+ * the thread that enables it: the one that runs the event loop. */
+int ur_ring_enable(struct ur_ring *r)
+{
+    int ret;
+    if (r->enabled)
+        return 0;
+    /* io_uring_enable_rings() is not exported by liburing 2.3. */
+    ret = io_uring_register(r->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                            NULL, 0);
+    if (ret == 0)
+        r->enabled = 1;
+    return ret;
+}
+
+int ur_ring_fd(struct ur_ring *r)
+{
+    return r->ring.ring_fd;
+}
+
+int ur_register_ring_fd(struct ur_ring *r)
+{
+    int ret = io_uring_register_ring_fd(&r->ring);
+    return ret < 0 ? ret : 0;
+}
+
+int ur_probe_opcode(struct ur_ring *r, int opcode)
+{
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&r->ring);
+    int ok;
+    if (!probe)
+        return -ENOSYS;
+    ok = io_uring_opcode_supported(probe, opcode);
+    io_uring_free_probe(probe);
+    return ok;
+}
+
+unsigned ur_sq_ready(struct ur_ring *r)
+{
+    return io_uring_sq_ready(&r->ring);
+}
+
+int ur_submit(struct ur_ring *r)
+{
+    int ret;
+    if (!r->enabled && (ret = ur_ring_enable(r)) < 0)
+        return ret;
+    r->enters++;
+    return io_uring_submit(&r->ring);
+}
+
+/* Submit everything queued and collect completions.  With wait set, block
+ * until at least one completion arrives or timeout_ns passes (a negative
+ * timeout waits without limit); without it, only flush completions that are
+ * ready, which with DEFER_TASKRUN also runs the deferred task work.
+ * Returns >= 0 or -errno (-ETIME on timeout, -EINTR on a signal). */
+int ur_enter(struct ur_ring *r, int wait, long long timeout_ns)
+{
+    struct io_uring_cqe *cqe = NULL;
+    struct __kernel_timespec ts;
+    int ret;
+
+    if (!r->enabled && (ret = ur_ring_enable(r)) < 0)
+        return ret;
+    r->enters++;
+    if (!wait)
+        return io_uring_submit_and_get_events(&r->ring);
+    if (timeout_ns < 0)
+        return io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, NULL, NULL);
+    ts.tv_sec = timeout_ns / 1000000000LL;
+    ts.tv_nsec = timeout_ns % 1000000000LL;
+    return io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, &ts, NULL);
+}
+
+/* Copy up to max completions into out and mark them seen. */
+int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    int n = 0, seen = 0;
+
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (n == max)
+            break;
+        seen++;
+        if (cqe->user_data == LIBURING_UDATA_TIMEOUT)
+            continue;
+        out[n].user_data = cqe->user_data;
+        out[n].res = cqe->res;
+        out[n].flags = cqe->flags;
+        if (UR_KIND(cqe->user_data) != UR_KIND_INTERNAL &&
+            !(cqe->flags & IORING_CQE_F_MORE))
+            r->inflight--;
+        n++;
+    }
+    if (seen)
+        io_uring_cq_advance(&r->ring, seen);
+    r->cqes += n;
+    return n;
+}
+
+static struct io_uring_sqe *ur_sqe(struct ur_ring *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (sqe)
+        return sqe;
+    /* The submission queue is full: hand what is queued to the kernel now
+     * and continue; completions stay in the CQ (or its overflow list) until
+     * the event loop reaps them. */
+    r->sq_full++;
+    if (ur_submit(r) < 0)
+        return NULL;
+    return io_uring_get_sqe(&r->ring);
+}
+
+static inline void ur_tag(struct ur_ring *r, struct io_uring_sqe *sqe,
+                          uint64_t ud)
+{
+    io_uring_sqe_set_data64(sqe, ud);
+    r->sqes++;
+    if (UR_KIND(ud) != UR_KIND_INTERNAL)
+        r->inflight++;
+}
+
+#define UR_GET_SQE(r, sqe) \
+    do { sqe = ur_sqe(r); if (!sqe) return -EBUSY; } while (0)
+
+/* Cancel every operation still owned by the kernel and wait for their
+ * completions, so that no buffer is freed while the kernel can still use it.
+ * Sockets produced by accepts that complete meanwhile are closed.  Used when
+ * a ring is released without its event loop having drained it.  Returns the
+ * number of operations still outstanding (0 on success). */
+int ur_drain(struct ur_ring *r, int timeout_ms)
+{
+    struct io_uring_sqe *sqe;
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    int seen, rounds = 0;
+
+    if (r->inflight <= 0)
+        return 0;
+    sqe = ur_sqe(r);
+    if (sqe) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, 0);
+    }
+    while (r->inflight > 0 && rounds < timeout_ms) {
+        ur_enter(r, 1, 1000000);
+        rounds++;
+        seen = 0;
+        io_uring_for_each_cqe(&r->ring, head, cqe) {
+            seen++;
+            if (cqe->user_data == LIBURING_UDATA_TIMEOUT)
+                continue;
+            if (UR_KIND(cqe->user_data) == UR_KIND_INTERNAL)
+                continue;
+            if (UR_KIND(cqe->user_data) == UR_KIND_ACCEPT && cqe->res >= 0)
+                close(cqe->res);
+            if (!(cqe->flags & IORING_CQE_F_MORE))
+                r->inflight--;
+        }
+        if (seen)
+            io_uring_cq_advance(&r->ring, seen);
+    }
+    return (int)r->inflight;
+}
+
+int ur_prep_nop(struct ur_ring *r, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_nop(sqe);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
+                 uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    if (multishot)
+        io_uring_prep_poll_multishot(sqe, fd, mask);
+    else
+        io_uring_prep_poll_add(sqe, fd, mask);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_cancel(struct ur_ring *r, uint64_t target, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_cancel64(sqe, target, 0);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
+                   int flags, int multishot, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    if (multishot)
+        io_uring_prep_multishot_accept(sqe, fd, (struct sockaddr *)addr,
+                                       (socklen_t *)addrlen, flags);
+    else
+        io_uring_prep_accept(sqe, fd, (struct sockaddr *)addr,
+                             (socklen_t *)addrlen, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_connect(struct ur_ring *r, int fd, const void *addr,
+                    unsigned addrlen, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)addr, addrlen);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len, int flags,
+                 uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_recv(sqe, fd, buf, len, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
+                           uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, flags);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = bgid;
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_send(struct ur_ring *r, int fd, const void *buf, size_t len,
+                 int flags, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_send(sqe, fd, buf, len, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+/* sendmsg of a plain iovec: msghdr is caller-owned memory of
+ * ur_msghdr_size() bytes that must live until the completion. */
+int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
+                  void *msghdr, int flags, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    struct msghdr *msg = (struct msghdr *)msghdr;
+    UR_GET_SQE(r, sqe);
+    memset(msg, 0, sizeof(*msg));
+    msg->msg_iov = iov;
+    msg->msg_iovlen = iovcnt;
+    io_uring_prep_sendmsg(sqe, fd, msg, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_sendmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
+                    uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_sendmsg(sqe, fd, (struct msghdr *)msghdr, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+int ur_prep_recvmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
+                    uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    io_uring_prep_recvmsg(sqe, fd, (struct msghdr *)msghdr, flags);
+    ur_tag(r, sqe, ud);
+    return 0;
+}
+
+size_t ur_msghdr_size(void)
+{
+    return sizeof(struct msghdr);
+}
+
+void ur_msghdr_set(void *msghdr, void *name, unsigned namelen,
+                   struct iovec *iov, int iovcnt, void *control,
+                   size_t controllen)
+{
+    struct msghdr *msg = (struct msghdr *)msghdr;
+    memset(msg, 0, sizeof(*msg));
+    msg->msg_name = name;
+    msg->msg_namelen = namelen;
+    msg->msg_iov = iov;
+    msg->msg_iovlen = iovcnt;
+    msg->msg_control = control;
+    msg->msg_controllen = controllen;
+}
+
+unsigned ur_msghdr_namelen(void *msghdr)
+{
+    return ((struct msghdr *)msghdr)->msg_namelen;
+}
+
+size_t ur_msghdr_controllen(void *msghdr)
+{
+    return ((struct msghdr *)msghdr)->msg_controllen;
+}
+
+int ur_msghdr_flags(void *msghdr)
+{
+    return ((struct msghdr *)msghdr)->msg_flags;
+}
+
+/* A provided-buffer ring set up by hand: liburing 2.3 lacks
+ * io_uring_setup_buf_ring, which does exactly this (page-aligned ring memory,
+ * init, register).  All buffers are handed to the kernel at once. */
+int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
+                     unsigned bufsize, int bgid)
+{
+    struct io_uring_buf_reg reg;
+    void *mem;
+    unsigned i;
+    int ret;
+
+    memset(b, 0, sizeof(*b));
+    if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
+        return -EINVAL;
+    b->ring_bytes = nbufs * sizeof(struct io_uring_buf);
+    mem = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE,
+               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED)
+        return -errno;
+    b->br = (struct io_uring_buf_ring *)mem;
+    b->base = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (b->base == MAP_FAILED) {
+        ret = -errno;
+        munmap(mem, b->ring_bytes);
+        b->br = NULL;
+        b->base = NULL;
+        return ret;
+    }
+    io_uring_buf_ring_init(b->br);
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long)(uintptr_t)mem;
+    reg.ring_entries = nbufs;
+    reg.bgid = bgid;
+    ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    if (ret) {
+        munmap(b->base, (size_t)nbufs * bufsize);
+        munmap(mem, b->ring_bytes);
+        b->br = NULL;
+        b->base = NULL;
+        return ret < 0 ? ret : -ret;
+    }
+    b->nbufs = nbufs;
+    b->bufsize = bufsize;
+    b->mask = io_uring_buf_ring_mask(nbufs);
+    b->bgid = bgid;
+    for (i = 0; i < nbufs; i++)
+        io_uring_buf_ring_add(b->br, b->base + (size_t)i * bufsize, bufsize,
+                              i, b->mask, i);
+    io_uring_buf_ring_advance(b->br, nbufs);
+    return 0;
+}
+
+/* Give buffer bid back to the kernel once its bytes have been copied. */
+void ur_bufring_recycle(struct ur_bufring *b, unsigned bid)
+{
+    io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
+                          b->bufsize, bid, b->mask, 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b)
+{
+    if (!b->br)
+        return;
+    if (r)
+        io_uring_unregister_buf_ring(&r->ring, b->bgid);
+    munmap(b->base, (size_t)b->nbufs * b->bufsize);
+    munmap(b->br, b->ring_bytes);
+    b->br = NULL;
+    b->base = NULL;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "uringreactor._liburing",
+    SOURCE,
+    libraries=["uring"],
+    extra_compile_args=["-O2", "-Wall"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

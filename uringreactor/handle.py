@@ -1,0 +1,529 @@
+"""
+Completion-based socket I/O for L{twisted.internet.abstract.FileDescriptor}
+subclasses.
+
+L{CompletionIO} replaces readiness notifications with io_uring operations:
+
+  - Reading keeps one receive operation in flight while the transport is
+    reading.  With a provided buffer ring it is a multishot receive that
+    stays armed and takes a buffer only when data arrives; otherwise a
+    single receive into a buffer of the transport's own, re-armed after each
+    completion.  Data that completes while reading is paused (a receive
+    already in flight, or a multishot receive being cancelled) is held and
+    delivered, in order, when reading resumes.  Nothing is re-armed while
+    paused, so the kernel's receive buffer fills and TCP flow control pushes
+    back on the peer.
+
+  - Writing keeps C{FileDescriptor}'s buffer (C{_tempDataBuffer}, a list of
+    C{bytes}) so that C{FileDescriptor.write} and C{writeSequence}, which
+    Twisted's TLS layer calls directly, work unchanged.  Once per event-loop
+    iteration the reactor asks each transport with pending output to flush:
+    the whole list goes to the kernel as one vectored send, without joining
+    it.  At most one send is in flight per transport, so bytes never
+    reorder; a partial send continues from where it stopped.  The buffers of
+    a send stay referenced until its completion.
+
+  - Closing cancels the operations in flight; their late completions are
+    absorbed by the ring (L{uringreactor.ring.Ring.cancel}) and never reach
+    the protocol, and the socket is closed only after every prepared
+    operation naming it has been submitted.
+
+Errors map to what the epoll reactor reports: a failed read or write loses
+the connection with L{twisted.internet.error.ConnectionLost}, end of file is
+L{twisted.internet.error.ConnectionDone} (or C{readConnectionLost} for
+half-closeable protocols), and exceptions raised by the protocol are logged
+and disconnect it, via the reactor's C{_disconnectSelectable}.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import sys
+from typing import Any
+
+from twisted.internet import main
+from twisted.python import failure, log
+
+from uringreactor._liburing import ffi, lib
+from uringreactor.ring import (
+    BUFFER_SHIFT,
+    F_BUFFER,
+    F_MORE,
+    KIND_RECV,
+    KIND_SEND,
+)
+
+# The most buffers one vectored send takes (Linux's IOV_MAX).
+IOV_MAX = 1024
+
+# Receive buffer of a transport that has no provided buffer ring to use.
+RECV_BUFFER_SIZE = 65536
+
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_MSGHDR_SIZE = lib.ur_msghdr_size()
+_EAGAIN = -errno.EAGAIN
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+_unpack = ffi.unpack
+_fromBuffer = ffi.from_buffer
+_prepRecv = lib.ur_prep_recv
+_prepRecvMultishot = lib.ur_prep_recv_multishot
+_prepSend = lib.ur_prep_send
+_prepSendv = lib.ur_prep_sendv
+
+
+def _readFailure(res: int) -> Exception:
+    """
+    The reason a read error ends a connection: epoll's C{CONNECTION_LOST}.
+    """
+    return main.CONNECTION_LOST
+
+
+class CompletionIO:
+    """
+    Mixin for a L{twisted.internet.abstract.FileDescriptor} over a stream
+    socket whose reads and writes are io_uring operations.
+
+    The host class provides C{reactor} (an
+    L{uringreactor.reactor.IOUringReactor}), C{socket}, C{protocol}, and the
+    C{FileDescriptor} attributes.
+    """
+
+    # Marks objects the reactor drives by completions, not readiness.
+    _uringHandle = True
+
+    reactor: Any
+    socket: socket.socket
+    connected: int
+    disconnected: int
+    disconnecting: int
+    producer: Any
+    producerPaused: bool
+    streamingProducer: bool
+    bufferSize: int
+    _tempDataBuffer: list[bytes]
+    _tempDataLen: int
+    _writeDisconnecting: bool
+    _writeDisconnected: bool
+
+    # Reading state.
+    _reading = False
+    _recvOp = 0
+    _recvBuffer: Any = None
+    _held: list[bytes] | None = None
+    _heldEnd: Exception | None = None
+    _deliverCall: Any = None
+    # A cancelled multishot receive may still complete with data; nothing is
+    # re-armed until its final completion, so data cannot reorder.
+    _recvDraining = False
+
+    # Writing state.
+    _writing = False
+    _flushQueued = False
+    _sendOp = 0
+    _sendKeep: Any = None
+    _sendLength = 0
+    _leftover: list[Any] | None = None
+    _leftoverLength = 0
+    _aborting = False
+
+    # -- reading --------------------------------------------------------
+
+    def startReading(self) -> None:
+        """
+        Deliver received data to the protocol (again).
+        """
+        if self._reading:
+            return
+        self._reading = True
+        reactor = self.reactor
+        reactor._handleReaders.add(self)
+        if self._recvDraining:
+            return
+        if self._held is not None or self._heldEnd is not None:
+            # Deliver later, never from inside the caller (which may be the
+            # protocol's own dataReceived).
+            if self._deliverCall is None:
+                self._deliverCall = reactor.callLater(0, self._deliverHeld)
+        elif not self._recvOp:
+            self._armRecv()
+
+    def stopReading(self) -> None:
+        """
+        Stop delivering received data; the kernel stops reading the socket
+        once the receive already in flight (if any) completes.
+        """
+        if not self._reading:
+            return
+        self._reading = False
+        self.reactor._handleReaders.discard(self)
+        if self._deliverCall is not None:
+            self._deliverCall.cancel()
+            self._deliverCall = None
+        if self._recvOp and self.reactor._bufferRing is not None:
+            # A multishot receive would go on filling buffers: cancel it,
+            # keeping whatever it still delivers for later.
+            ring = self.reactor._ring
+            ring.cancel(self._recvOp, late=self._recvLate)
+            self._recvOp = 0
+            self._recvDraining = True
+
+    def _armRecv(self) -> None:
+        reactor = self.reactor
+        ring = reactor._ring
+        bufferRing = reactor._bufferRing
+        try:
+            fd = self.socket.fileno()
+        except AttributeError:
+            return
+        if bufferRing is not None:
+            ud = ring.newOp(KIND_RECV, self._recvMultishotDone)
+            rc = _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
+        else:
+            buf = self._recvBuffer
+            if buf is None:
+                buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
+            ud = ring.newOp(KIND_RECV, self._recvDone)
+            rc = _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, ud)
+        if rc < 0:
+            ring.forget(ud)
+            ring._check(rc)
+        self._recvOp = ud
+
+    def _recvDone(self, res: int, flags: int) -> None:
+        """
+        Completion of a single-shot receive into C{_recvBuffer}.
+        """
+        self._recvOp = 0
+        if res > 0:
+            data = _unpack(self._recvBuffer, res)
+            if self._reading:
+                self._deliver(data)
+                if self._reading and not self._recvOp and not self.disconnected:
+                    self._armRecv()
+            else:
+                self._hold(data)
+        elif res == _EAGAIN:
+            if self._reading:
+                self._armRecv()
+        else:
+            self._readEnded(res)
+
+    def _recvMultishotDone(self, res: int, flags: int) -> None:
+        """
+        Completion of a multishot receive into the reactor's buffer ring.
+        """
+        if not flags & F_MORE:
+            self._recvOp = 0
+        if res > 0:
+            data = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
+            if self._reading:
+                self._deliver(data)
+            else:
+                self._hold(data)
+        elif flags & F_BUFFER:
+            self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+        if res <= 0 and res != -errno.ENOBUFS and res != _EAGAIN:
+            # End of file or an error: the multishot receive has ended.
+            self._readEnded(res)
+            return
+        if (
+            not self._recvOp
+            and self._reading
+            and not self.disconnected
+            and self._held is None
+        ):
+            # The kernel ended the multishot receive (no buffer was free, or
+            # it chose to): arm it again.  Data already delivered came from
+            # completions that preceded this one, so nothing reorders.
+            self._armRecv()
+
+    def _recvLate(self, res: int, flags: int) -> None:
+        """
+        A completion of a multishot receive cancelled because reading was
+        paused: keep its data for when reading resumes.
+        """
+        if res > 0:
+            self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
+        elif flags & F_BUFFER:
+            self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+        if flags & F_MORE:
+            return
+        if res <= 0 and res not in (-errno.ECANCELED, -errno.ENOBUFS, _EAGAIN):
+            self._holdEnd(res)
+        self._recvDraining = False
+        if self._reading and not self.disconnected and self._deliverCall is None:
+            self._deliverCall = self.reactor.callLater(0, self._deliverHeld)
+
+    def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
+
+    def _holdEnd(self, res: int) -> None:
+        if self._heldEnd is None:
+            self._heldEnd = main.CONNECTION_DONE if res == 0 else _readFailure(res)
+
+    def _deliverHeld(self) -> None:
+        self._deliverCall = None
+        if self._recvDraining:
+            return
+        while self._held and self._reading and not self.disconnected:
+            data = self._held.pop(0)
+            self._deliver(data)
+        if self._held is not None and not self._held:
+            self._held = None
+        if not self._reading or self.disconnected or self._held:
+            return
+        if self._heldEnd is not None:
+            why, self._heldEnd = self._heldEnd, None
+            self._readEndedWith(why)
+        elif not self._recvOp:
+            self._armRecv()
+
+    def _readEnded(self, res: int) -> None:
+        why = main.CONNECTION_DONE if res == 0 else _readFailure(res)
+        if self._reading:
+            self._readEndedWith(why)
+        elif self._heldEnd is None:
+            self._heldEnd = why
+
+    def _readEndedWith(self, why: Exception) -> None:
+        log.callWithLogger(
+            self, self.reactor._disconnectSelectable, self, why, True
+        )
+
+    def _deliver(self, data: bytes) -> None:
+        """
+        Hand C{data} to the protocol within its logging context; an exception
+        from the protocol disconnects it, as on epoll.
+        """
+        log.callWithLogger(self, self._deliverInContext, data)
+
+    def _deliverInContext(self, data: bytes) -> None:
+        try:
+            why = self._dataReceived(data)  # type: ignore[attr-defined]
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+        if why:
+            self.reactor._disconnectSelectable(self, why, True)
+
+    # -- writing --------------------------------------------------------
+
+    def startWriting(self) -> None:
+        """
+        Arrange for buffered output to be sent at the end of this iteration.
+        """
+        self._writing = True
+        if not self._flushQueued:
+            self._flushQueued = True
+            reactor = self.reactor
+            reactor._flushQueue.append(self)
+            reactor._handleWriters.add(self)
+
+    def stopWriting(self) -> None:
+        """
+        Stop sending buffered output.
+        """
+        if self._writing:
+            self._writing = False
+            self.reactor._handleWriters.discard(self)
+
+    def _isSendBufferFull(self) -> bool:
+        return (
+            self._sendLength + self._leftoverLength + self._tempDataLen
+            > self.bufferSize
+        )
+
+    def _flush(self) -> None:
+        """
+        Called by the reactor once per iteration for transports that asked
+        to write: send what is buffered, or finish what waited for the buffer
+        to drain.
+        """
+        self._flushQueued = False
+        if self._sendOp or not self._writing or self.disconnected or self._aborting:
+            return
+        pieces = self._leftover
+        length = self._leftoverLength
+        if self._tempDataBuffer:
+            if pieces is None:
+                pieces = self._tempDataBuffer
+            else:
+                pieces.extend(self._tempDataBuffer)
+            length += self._tempDataLen
+            self._tempDataBuffer = []
+            self._tempDataLen = 0
+        if not pieces:
+            self._leftover = None
+            self._leftoverLength = 0
+            self._drained()
+            return
+        if len(pieces) > IOV_MAX:
+            self._leftover = pieces[IOV_MAX:]
+            pieces = pieces[:IOV_MAX]
+            sendLength = sum(map(len, pieces))
+            self._leftoverLength = length - sendLength
+            length = sendLength
+        else:
+            self._leftover = None
+            self._leftoverLength = 0
+        self._send(pieces, length)
+
+    def _send(self, pieces: list[Any], length: int) -> None:
+        ring = self.reactor._ring
+        fd = self.socket.fileno()
+        ud = ring.newOp(KIND_SEND, self._sendDone)
+        if len(pieces) == 1:
+            buf = _fromBuffer(pieces[0])
+            keep: Any = (pieces, buf)
+            rc = _prepSend(ring._ptr, fd, buf, length, _MSG_NOSIGNAL, ud)
+        else:
+            count = len(pieces)
+            iov = ffi.new("struct iovec[]", count)
+            buffers = []
+            for i, piece in enumerate(pieces):
+                buf = _fromBuffer(piece)
+                buffers.append(buf)
+                entry = iov[i]
+                entry.iov_base = buf
+                entry.iov_len = len(piece)
+            msg = ffi.new("char[]", _MSGHDR_SIZE)
+            keep = (pieces, buffers, iov, msg)
+            rc = _prepSendv(ring._ptr, fd, iov, count, msg, _MSG_NOSIGNAL, ud)
+        if rc < 0:
+            ring.forget(ud)
+            ring._check(rc)
+        self._sendOp = ud
+        self._sendKeep = keep
+        self._sendLength = length
+
+    def _sendDone(self, res: int, flags: int) -> None:
+        pieces = self._sendKeep[0]
+        length = self._sendLength
+        self._sendOp = 0
+        self._sendKeep = None
+        self._sendLength = 0
+        if res < 0:
+            if res == _EAGAIN:
+                self._requeue(pieces, length)
+                return
+            log.callWithLogger(
+                self,
+                self.reactor._disconnectSelectable,
+                self,
+                main.CONNECTION_LOST,
+                False,
+            )
+            return
+        if res < length:
+            self._requeue(self._remainder(pieces, res), length - res)
+            return
+        if self._leftover or self._tempDataBuffer:
+            self.startWriting()
+        else:
+            self._drained()
+
+    @staticmethod
+    def _remainder(pieces: list[Any], sent: int) -> list[Any]:
+        """
+        What is left of C{pieces} once C{sent} bytes of them have gone.
+        """
+        index = 0
+        for index, piece in enumerate(pieces):  # noqa: B007
+            size = len(piece)
+            if sent < size:
+                break
+            sent -= size
+        rest = pieces[index:]
+        if sent:
+            rest[0] = memoryview(rest[0])[sent:]
+        return rest
+
+    def _requeue(self, pieces: list[Any], length: int) -> None:
+        if self._leftover:
+            pieces.extend(self._leftover)
+        self._leftover = pieces
+        self._leftoverLength += length
+        self.startWriting()
+
+    def _drained(self) -> None:
+        """
+        Everything buffered has been sent: the end of
+        C{FileDescriptor.doWrite}.
+        """
+        log.callWithLogger(self, self._drainedInContext)
+
+    def _drainedInContext(self) -> None:
+        try:
+            why = self._afterDrain()
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+        if why:
+            self.reactor._disconnectSelectable(self, why, False)
+
+    def _afterDrain(self) -> Any:
+        self.stopWriting()
+        if self.producer is not None and (
+            (not self.streamingProducer) or self.producerPaused
+        ):
+            self.producerPaused = False
+            self.producer.resumeProducing()
+        elif self.disconnecting:
+            return self._postLoseConnection()  # type: ignore[attr-defined]
+        elif self._writeDisconnecting:
+            self._writeDisconnected = True
+            return self._closeWriteConnection()  # type: ignore[attr-defined]
+        return None
+
+    # -- closing --------------------------------------------------------
+
+    def _cancelIO(self) -> None:
+        """
+        Cancel every operation in flight for this transport.  Their buffers
+        stay alive until the kernel lets go of them; their completions are
+        not delivered.
+        """
+        reactor = self.reactor
+        ring = reactor._ring
+        if self._recvOp:
+            late = reactor._recycleLate if reactor._bufferRing is not None else None
+            ring.cancel(self._recvOp, keep=self._recvBuffer, late=late)
+            self._recvOp = 0
+        self._recvDraining = False
+        if self._sendOp:
+            ring.cancel(self._sendOp, keep=self._sendKeep)
+            self._sendOp = 0
+            self._sendKeep = None
+        if self._deliverCall is not None:
+            self._deliverCall.cancel()
+            self._deliverCall = None
+        self._held = None
+        self._heldEnd = None
+        self._leftover = None
+        self._leftoverLength = 0
+        self._sendLength = 0
+
+    def _closeSocket(self, orderly: bool) -> None:
+        """
+        Shut the socket down now; close it once no prepared operation can
+        still name its descriptor.
+        """
+        self._cancelIO()
+        skt = self.socket
+        try:
+            if orderly:
+                if getattr(self, "_shouldShutdown", True):
+                    skt.shutdown(2)
+            else:
+                # SO_LINGER 0: close sends a reset instead of a FIN.
+                skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        except OSError:
+            pass
+        self.reactor._ring.closeAfterSubmit(skt)

@@ -1,0 +1,314 @@
+"""
+The io_uring reactor.
+
+L{IOUringReactor} is a L{PosixReactorBase}: timers, threads, signals, the
+waker, name resolution, processes, UNIX sockets and UDP come from Twisted.
+What changes is the event loop and the I/O underneath:
+
+  - one C{io_uring_enter} per iteration submits every operation prepared
+    since the last one and waits for completions, bounded by the next timer;
+  - TCP transports (L{uringreactor.tcp}) do their reads, writes and accepts
+    as io_uring operations;
+  - every other descriptor, anything given to C{addReader}/C{addWriter},
+    gets readiness notifications from io_uring poll operations, with the
+    same level-triggered meaning as epoll: a one-shot poll, re-armed after
+    each C{doRead}/C{doWrite}, fires at once while the descriptor stays
+    ready.
+
+To use it::
+
+    import uringreactor
+    uringreactor.install()
+    from twisted.internet import reactor
+
+or C{twistd --reactor=iouring}, C{trial --reactor=iouring}.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+from twisted.internet import error, posixbase
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.logger import Logger
+from twisted.python import log
+from zope.interface import implementer
+
+from uringreactor import tcp
+from uringreactor._liburing import ffi, lib
+from uringreactor.features import Features
+from uringreactor.ring import (
+    F_BUFFER,
+    BUFFER_SHIFT,
+    KIND_POLL,
+    BufferRing,
+    Ring,
+)
+
+_log = Logger()
+
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
+
+# Provided buffer ring shared by all TCP connections of a reactor.
+BUFFER_COUNT = 1024
+BUFFER_SIZE = 16384
+BUFFER_GROUP = 0
+
+
+@implementer(IReactorFDSet)
+class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
+    """
+    A reactor whose I/O goes through io_uring.
+
+    @ivar _ring: the L{Ring}.
+    @ivar _reads: maps each readiness-based reader to the C{user_data} of its
+        armed poll (0 while its C{doRead} runs).
+    @ivar _writes: the same for writers.
+    @ivar _handleReaders: completion-based transports and ports that are
+        reading (or accepting).
+    @ivar _handleWriters: completion-based transports with output pending.
+    @ivar _flushQueue: completion-based transports to flush before the next
+        submission.
+    """
+
+    _POLL_DISCONNECTED = select.POLLHUP | select.POLLERR
+    _POLL_IN = select.POLLIN
+    _POLL_OUT = select.POLLOUT
+
+    _ffi = ffi
+
+    def __init__(self, features: Features | None = None) -> None:
+        self._ring = Ring(features=features)
+        self._bufferRing: BufferRing | None = None
+        if "multishot_recv" in self._ring.features:
+            try:
+                self._bufferRing = BufferRing(
+                    self._ring, BUFFER_COUNT, BUFFER_SIZE, BUFFER_GROUP
+                )
+            except OSError:
+                self._ring.features.discard("buf_ring")
+        self._reads: dict[Any, int] = {}
+        self._writes: dict[Any, int] = {}
+        self._handleReaders: set[Any] = set()
+        self._handleWriters: set[Any] = set()
+        self._flushQueue: list[Any] = []
+        posixbase.PosixReactorBase.__init__(self)
+
+    # -- IReactorFDSet ---------------------------------------------------
+
+    def addReader(self, reader: Any) -> None:
+        """
+        Watch C{reader} for readability (see L{IReactorFDSet.addReader}).
+        """
+        if getattr(reader, "_uringHandle", False):
+            reader.startReading()
+            return
+        if reader not in self._reads:
+            self._reads[reader] = self._arm(reader, True)
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        Watch C{writer} for writability (see L{IReactorFDSet.addWriter}).
+        """
+        if getattr(writer, "_uringHandle", False):
+            writer.startWriting()
+            return
+        if writer not in self._writes:
+            self._writes[writer] = self._arm(writer, False)
+
+    def removeReader(self, reader: Any) -> None:
+        """
+        Stop watching C{reader} for readability.
+        """
+        if getattr(reader, "_uringHandle", False):
+            reader.stopReading()
+            return
+        ud = self._reads.pop(reader, None)
+        if ud:
+            self._ring.cancel(ud)
+
+    def removeWriter(self, writer: Any) -> None:
+        """
+        Stop watching C{writer} for writability.
+        """
+        if getattr(writer, "_uringHandle", False):
+            writer.stopWriting()
+            return
+        ud = self._writes.pop(writer, None)
+        if ud:
+            self._ring.cancel(ud)
+
+    def removeAll(self) -> list[Any]:
+        """
+        Remove every reader and writer except the reactor's own, and return
+        them.
+        """
+        return self._removeAll(
+            list(self._reads) + list(self._handleReaders),
+            list(self._writes) + list(self._handleWriters),
+        )
+
+    def getReaders(self) -> list[Any]:
+        return list(self._reads) + list(self._handleReaders)
+
+    def getWriters(self) -> list[Any]:
+        return list(self._writes) + list(self._handleWriters)
+
+    def _arm(self, selectable: Any, isRead: bool) -> int:
+        """
+        Queue a one-shot poll for C{selectable} in one direction.
+        """
+        fd = selectable.fileno()
+        if fd < 0:
+            raise ValueError(f"{selectable!r} has no file descriptor ({fd})")
+        ring = self._ring
+        ud = ring.newOp(KIND_POLL, _noop)
+
+        def ready(res: int, flags: int) -> None:
+            self._ready(selectable, isRead, ud, res)
+
+        ring.ops[ud] = ready
+        rc = lib.ur_prep_poll(ring._ptr, fd, _POLLIN if isRead else _POLLOUT, 0, ud)
+        if rc < 0:
+            ring.forget(ud)
+            ring._check(rc)
+        return ud
+
+    def _ready(self, selectable: Any, isRead: bool, ud: int, res: int) -> None:
+        """
+        A poll completed: run C{doRead} or C{doWrite} as epoll would, then
+        poll again while the descriptor is still registered.
+        """
+        table = self._reads if isRead else self._writes
+        if table.get(selectable) != ud:
+            return
+        table[selectable] = 0
+        if res < 0:
+            # The descriptor was closed or never valid.
+            del table[selectable]
+            log.callWithLogger(
+                selectable,
+                self._disconnectSelectable,
+                selectable,
+                _NO_FILEDESC,
+                isRead,
+            )
+            return
+        log.callWithLogger(
+            selectable, self._doReadOrWrite, selectable, selectable, res
+        )
+        if table.get(selectable) == 0:
+            try:
+                table[selectable] = self._arm(selectable, isRead)
+            except BaseException:
+                del table[selectable]
+                log.err(None, "Could not poll a descriptor again")
+                self._disconnectSelectable(selectable, _NO_FILEDESC, isRead)
+
+    # -- the loop ---------------------------------------------------------
+
+    def doIteration(self, timeout: float | None) -> None:
+        """
+        Flush output, submit all prepared operations, wait for completions
+        (at most C{timeout} seconds) and dispatch them.
+        """
+        queue = self._flushQueue
+        if queue:
+            self._flushQueue = []
+            for handle in queue:
+                handle._flush()
+            if self._flushQueue:
+                # A flush finished a connection whose protocol wrote more
+                # elsewhere; do not wait with output pending.
+                timeout = 0
+        self._ring.enter(timeout)
+        self._ring.dispatch()
+
+    def _recycleLate(self, res: int, flags: int) -> None:
+        """
+        Give back the provided buffer carried by a late completion.
+        """
+        if flags & F_BUFFER and self._bufferRing is not None:
+            self._bufferRing.recycle(flags >> BUFFER_SHIFT)
+
+    # -- IReactorTCP -------------------------------------------------------
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> tcp.Port:
+        p = tcp.Port(port, factory, backlog, interface, self)
+        p.startListening()
+        return p
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30.0,
+        bindAddress: Any = None,
+    ) -> tcp.Connector:
+        c = tcp.Connector(host, port, factory, timeout, bindAddress, self)
+        c.connect()
+        return c
+
+    # -- IReactorSocket ----------------------------------------------------
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: Any, factory: Any
+    ) -> Any:
+        if addressFamily in (socket.AF_INET, socket.AF_INET6):
+            p = tcp.Port._fromListeningDescriptor(
+                self, fileDescriptor, addressFamily, factory
+            )
+            p.startListening()
+            return p
+        return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+
+    def adoptStreamConnection(
+        self, fileDescriptor: int, addressFamily: Any, factory: Any
+    ) -> Any:
+        if addressFamily in (socket.AF_INET, socket.AF_INET6):
+            return tcp.Server._fromConnectedSocket(
+                fileDescriptor, addressFamily, factory, self
+            )
+        return super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+
+    # -- introspection -----------------------------------------------------
+
+    def ioCounters(self) -> dict[str, int]:
+        """
+        Counters of this reactor's use of io_uring: C{enters} (calls that
+        may enter the kernel), C{sqes} (operations submitted), C{cqes}
+        (completions handled), C{sq_full} and C{in_flight}.
+        """
+        return self._ring.counters()
+
+    @property
+    def features(self) -> frozenset[str]:
+        """
+        The optional io_uring features this reactor uses.
+        """
+        return frozenset(self._ring.features.enabled)
+
+
+def _noop(res: int, flags: int) -> None:
+    pass
+
+
+def install(fallback: str | None = None) -> Any:
+    """
+    Install the io_uring reactor as C{twisted.internet.reactor}.
+
+    See L{uringreactor.install}.
+    """
+    from uringreactor import _install
+
+    return _install(fallback)
+
+
+__all__ = ["IOUringReactor", "install"]

@@ -1,0 +1,449 @@
+"""
+The ring: one io_uring instance and the table of operations the kernel owns.
+
+Model
+=====
+
+Every operation submitted to the kernel gets a C{user_data} tag, allocated
+here, and an entry in L{Ring.ops} mapping that tag to a handler, a callable
+C{handler(res, flags)}.  The entry lives exactly as long as the kernel owns
+the operation: it is removed when the last completion for the tag arrives
+(for multishot operations, the first completion without C{IORING_CQE_F_MORE}).
+
+Whoever prepares an operation keeps everything the kernel will read or write
+(Python buffers, cffi memory) referenced until the handler runs.  Handlers are
+normally bound methods of the transport that owns the operation, so the
+transport, and with it the buffers, stay alive while the kernel uses them.
+
+Cancellation is asynchronous.  L{Ring.cancel} swaps the handler for a
+L{_Cancelled} record, which still holds what must stay alive and knows how to
+clean up after a late completion (a socket accepted after all, a provided
+buffer to give back), and queues an C{ASYNC_CANCEL}.  The original owner never
+hears of that operation again: no completion reaches a closed transport.
+
+Submission is batched.  Preparing an operation only fills in an SQE; the
+event loop hands all of them to the kernel in the same C{io_uring_enter} that
+waits for completions (L{Ring.enter}).  A file descriptor named by a prepared
+SQE must therefore stay open until that call has been made: see
+L{Ring.closeAfterSubmit}.
+
+Completions are copied out of the CQ in batches by one C call into an array of
+C{(user_data, res, flags)} records, then dispatched from Python.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import struct
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from uringreactor._liburing import ffi, lib
+from uringreactor.errors import explainSetupError
+from uringreactor.features import Features
+
+_log = Logger()
+
+Handler = Callable[[int, int], object]
+
+KIND_INTERNAL = lib.UR_KIND_INTERNAL
+KIND_POLL = lib.UR_KIND_POLL
+KIND_ACCEPT = lib.UR_KIND_ACCEPT
+KIND_RECV = lib.UR_KIND_RECV
+KIND_SEND = lib.UR_KIND_SEND
+KIND_CONNECT = lib.UR_KIND_CONNECT
+KIND_OTHER = lib.UR_KIND_OTHER
+
+F_MORE = lib.IORING_CQE_F_MORE
+F_BUFFER = lib.IORING_CQE_F_BUFFER
+BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
+
+# How many completions one C call copies out.
+_REAP_BATCH = 512
+_CQE = struct.Struct("=QiI")
+assert _CQE.size == ffi.sizeof("struct ur_cqe")
+
+# user_data of the SQEs the ring itself issues (cancellations); their
+# completions are not dispatched.
+_INTERNAL_UD = 0
+
+
+class _Cancelled:
+    """
+    Stands in for the handler of a cancelled operation until its completion.
+
+    @ivar keep: whatever the kernel may still read or write.
+    @ivar late: called as C{late(res, flags)} for each completion that still
+        arrives, to release what it carries; or L{None}.
+    """
+
+    __slots__ = ("keep", "late")
+
+    def __init__(self, keep: object, late: Handler | None) -> None:
+        self.keep = keep
+        self.late = late
+
+    def __call__(self, res: int, flags: int) -> None:
+        if self.late is not None:
+            self.late(res, flags)
+
+
+def _releaseRing(ringPtr: Any, bufferRings: list[Any]) -> None:
+    """
+    Release a ring that is being garbage-collected: cancel what the kernel
+    still owns and wait for it, so no buffer is freed under the kernel's
+    feet, then free the provided buffers and the ring itself.
+    """
+    outstanding = lib.ur_drain(ringPtr, 1000)
+    if outstanding:
+        _log.warn(
+            "{count} io_uring operations did not complete within 1s of "
+            "releasing the ring",
+            count=outstanding,
+        )
+    for br in bufferRings:
+        lib.ur_bufring_free(ringPtr, br)
+    lib.ur_ring_exit(ringPtr)
+
+
+class BufferRing:
+    """
+    A ring of provided buffers registered with the kernel under one buffer
+    group: receive operations select a buffer when data arrives, so a
+    connection with nothing to read holds no memory.
+
+    @ivar bufferSize: the size of each buffer.
+    """
+
+    def __init__(self, ring: Ring, count: int, bufferSize: int, groupId: int):
+        self._ring = ring
+        self._br = ffi.new("struct ur_bufring *")
+        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
+        if rc < 0:
+            raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
+        ring._bufferRings.append(self._br)
+        self.groupId = groupId
+        self.bufferSize = bufferSize
+        self.count = count
+        base = self._br.base
+        self._pointers = [base + i * bufferSize for i in range(count)]
+        self._unpack = ffi.unpack
+        self._recycle = lib.ur_bufring_recycle
+
+    def take(self, bufferId: int, length: int) -> bytes:
+        """
+        Copy out the first C{length} bytes of buffer C{bufferId} and give the
+        buffer back to the kernel.
+        """
+        data: bytes = self._unpack(self._pointers[bufferId], length)
+        self._recycle(self._br, bufferId)
+        return data
+
+    def recycle(self, bufferId: int) -> None:
+        """
+        Give buffer C{bufferId} back to the kernel without reading it.
+        """
+        self._recycle(self._br, bufferId)
+
+
+class Ring:
+    """
+    An io_uring instance, the operations in flight on it, and the counters
+    that describe its use.
+
+    @ivar ops: maps the C{user_data} of each operation the kernel owns to its
+        handler.
+    @ivar features: the optional features in use on this ring.
+    """
+
+    def __init__(
+        self,
+        entries: int = 2048,
+        completionEntries: int | None = None,
+        features: Features | None = None,
+    ) -> None:
+        if features is None:
+            features = Features.detect()
+        self.features = features
+        self._ptr = ffi.new("struct ur_ring *")
+        if completionEntries is None:
+            completionEntries = entries * 8
+        self._setUp(entries, completionEntries)
+        self.ops: dict[int, Handler] = {}
+        self._ids = itertools.count(256, 256)
+        self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
+        self._cqeView = memoryview(ffi.buffer(self._cqes))
+        self._pendingCloses: list[socket.socket | int] = []
+        self._started = False
+        self._bufferRings: list[Any] = []
+        self._finalizer = weakref.finalize(
+            self, _releaseRing, self._ptr, self._bufferRings
+        )
+        self._probe()
+
+    # -- set-up ---------------------------------------------------------
+
+    def _setUp(self, entries: int, completionEntries: int) -> None:
+        features = self.features
+        attempts: list[tuple[str | None, int]] = []
+        submitAll = lib.IORING_SETUP_SUBMIT_ALL if "submit_all" in features else 0
+        if "defer_taskrun" in features:
+            attempts.append(
+                (
+                    "defer_taskrun",
+                    lib.IORING_SETUP_SINGLE_ISSUER
+                    | lib.IORING_SETUP_DEFER_TASKRUN
+                    # The single issuer becomes the thread that enables the
+                    # ring: the one running the event loop, which need not
+                    # be the one that built the reactor.
+                    | lib.IORING_SETUP_R_DISABLED
+                    | submitAll,
+                )
+            )
+        if "coop_taskrun" in features:
+            attempts.append(
+                (
+                    "coop_taskrun",
+                    lib.IORING_SETUP_COOP_TASKRUN
+                    | lib.IORING_SETUP_TASKRUN_FLAG
+                    | submitAll,
+                )
+            )
+        if submitAll:
+            attempts.append(("submit_all", submitAll))
+        attempts.append((None, 0))
+        lastError = errno.EINVAL
+        for name, flags in attempts:
+            rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
+            if rc == 0:
+                self._setupFlags = flags
+                # Features of rejected attempts are off for this ring.
+                for rejected, _ in attempts:
+                    if rejected == name:
+                        break
+                    if rejected is not None:
+                        features.discard(rejected)
+                if name == "defer_taskrun":
+                    features.discard("coop_taskrun")
+                if not flags & lib.IORING_SETUP_SUBMIT_ALL:
+                    features.discard("submit_all")
+                return
+            lastError = -rc
+            if lastError != errno.EINVAL:
+                break
+        raise explainSetupError(lastError)
+
+    def _probe(self) -> None:
+        """
+        Check the ring's own feature bits; drop what the kernel lacks.
+        """
+        if not self._ptr.features & lib.IORING_FEAT_NODROP:
+            # Before 5.5 the kernel may drop completions when the CQ is
+            # full, which would lose data.
+            raise explainSetupError(errno.ENOSYS)
+        supported = lib.ur_probe_opcode(self._ptr, lib.IORING_OP_ASYNC_CANCEL)
+        if supported <= 0:
+            raise explainSetupError(errno.ENOSYS)
+
+    def _start(self) -> None:
+        """
+        Enable the ring for the calling thread, which from now on is the one
+        that submits, and register its fd for that thread.
+        """
+        self._started = True
+        rc = lib.ur_ring_enable(self._ptr)
+        if rc < 0:
+            raise OSError(-rc, "io_uring enable: " + os.strerror(-rc))
+        if "ring_fd" in self.features:
+            if lib.ur_register_ring_fd(self._ptr) < 0:
+                self.features.discard("ring_fd")
+
+    # -- operations -----------------------------------------------------
+
+    def newOp(self, kind: int, handler: Handler) -> int:
+        """
+        Allocate a C{user_data} tag for an operation of the given kind and
+        record its handler.  The caller then prepares the SQE with that tag.
+        """
+        ud = next(self._ids) | kind
+        self.ops[ud] = handler
+        return ud
+
+    def forget(self, ud: int) -> None:
+        """
+        Drop the record of an operation whose SQE could not be prepared.
+        """
+        self.ops.pop(ud, None)
+
+    def cancel(
+        self, ud: int, keep: object = None, late: Handler | None = None
+    ) -> bool:
+        """
+        Cancel operation C{ud}: its owner will not hear of it again.
+
+        @param keep: what the kernel may still read or write, kept alive until
+            the final completion arrives.
+        @param late: called for completions that still arrive, to release
+            what they carry (see L{_Cancelled}).
+        @return: C{True} if the operation was still in flight.
+        """
+        ops = self.ops
+        if ud not in ops:
+            return False
+        ops[ud] = _Cancelled(keep, late)
+        self._check(lib.ur_prep_cancel(self._ptr, ud, _INTERNAL_UD))
+        return True
+
+    def closeAfterSubmit(self, skt: socket.socket | int) -> None:
+        """
+        Close a socket (or raw fd) once every SQE prepared so far has been
+        handed to the kernel.
+
+        An SQE names its file by number and the kernel resolves that number
+        only when the SQE is submitted; closing earlier could let a new file
+        take the number and the operation act on the wrong file.  Operations
+        already submitted hold their own reference to the file.
+        """
+        if lib.ur_sq_ready(self._ptr) == 0:
+            self._close(skt)
+        else:
+            self._pendingCloses.append(skt)
+
+    @staticmethod
+    def _close(skt: socket.socket | int) -> None:
+        try:
+            if isinstance(skt, int):
+                os.close(skt)
+            else:
+                skt.close()
+        except OSError:
+            pass
+
+    def _closePending(self) -> None:
+        pending = self._pendingCloses
+        if pending:
+            self._pendingCloses = []
+            for skt in pending:
+                self._close(skt)
+
+    def _check(self, rc: int) -> None:
+        if rc < 0:
+            raise OSError(-rc, "io_uring submission: " + os.strerror(-rc))
+
+    # -- the loop -------------------------------------------------------
+
+    def submit(self) -> int:
+        """
+        Hand every prepared SQE to the kernel without waiting.
+        """
+        if not self._started:
+            self._start()
+        rc: int = lib.ur_submit(self._ptr)
+        self._closePending()
+        if rc < 0 and rc not in (-errno.EINTR, -errno.EBUSY, -errno.EAGAIN):
+            raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
+        return rc
+
+    def enter(self, timeout: float | None) -> None:
+        """
+        Submit everything prepared and wait for completions: at most
+        C{timeout} seconds, without limit for L{None}, and only collect what
+        is ready for 0.
+        """
+        if not self._started:
+            self._start()
+        if timeout is None:
+            rc = lib.ur_enter(self._ptr, 1, -1)
+        elif timeout <= 0:
+            rc = lib.ur_enter(self._ptr, 0, 0)
+        else:
+            rc = lib.ur_enter(self._ptr, 1, int(timeout * 1e9))
+        if self._pendingCloses:
+            self._closePending()
+        if rc < 0 and rc not in (
+            -errno.ETIME,
+            -errno.EINTR,
+            -errno.EBUSY,
+            -errno.EAGAIN,
+        ):
+            raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
+
+    def dispatch(self) -> int:
+        """
+        Deliver every completion in the CQ to its handler.
+
+        @return: the number of completions delivered.
+        """
+        reap = lib.ur_reap
+        ptr = self._ptr
+        cqes = self._cqes
+        view = self._cqeView
+        ops = self.ops
+        unpack = _CQE.iter_unpack
+        total = 0
+        while True:
+            n = reap(ptr, cqes, _REAP_BATCH)
+            if not n:
+                break
+            total += n
+            for ud, res, flags in unpack(view[: n * 16]):
+                if flags & F_MORE:
+                    handler = ops.get(ud)
+                else:
+                    handler = ops.pop(ud, None)
+                if handler is None:
+                    continue
+                try:
+                    handler(res, flags)
+                except BaseException:
+                    _log.failure("Unhandled error in io_uring completion handler")
+            if n < _REAP_BATCH:
+                break
+        return total
+
+    # -- introspection --------------------------------------------------
+
+    @property
+    def inFlight(self) -> int:
+        """
+        The number of operations the kernel still owns.
+        """
+        return int(self._ptr.inflight)
+
+    def counters(self) -> dict[str, int]:
+        """
+        Counters of the ring's use since it was created: C{enters} (calls that
+        may enter the kernel), C{sqes} (operations prepared), C{cqes}
+        (completions reaped), C{sq_full} (submissions forced by a full
+        submission queue) and C{in_flight}.
+        """
+        p = self._ptr
+        return {
+            "enters": int(p.enters),
+            "sqes": int(p.sqes),
+            "cqes": int(p.cqes),
+            "sq_full": int(p.sq_full),
+            "in_flight": int(p.inflight),
+        }
+
+    @property
+    def fileno(self) -> int:
+        return int(lib.ur_ring_fd(self._ptr))
+
+    def close(self) -> None:
+        """
+        Release the ring now (cancelling whatever is still in flight) instead
+        of when it is garbage-collected.
+        """
+        self._closePending()
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
