@@ -340,15 +340,19 @@ class CompletionIO:
             > self.bufferSize
         )
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         """
         Called by the reactor once per iteration for transports that asked
         to write: send what is buffered, or finish what waited for the buffer
         to drain.
+
+        @return: C{True} if application code ran (the buffer was already
+            empty, so a pending C{loseConnection} completed or a producer was
+            resumed).
         """
         self._flushQueued = False
         if self._sendOp or not self._writing or self.disconnected or self._aborting:
-            return
+            return False
         pieces = self._leftover
         length = self._leftoverLength
         if self._tempDataBuffer:
@@ -363,7 +367,7 @@ class CompletionIO:
             self._leftover = None
             self._leftoverLength = 0
             self._drained()
-            return
+            return True
         if len(pieces) > IOV_MAX:
             self._leftover = pieces[IOV_MAX:]
             pieces = pieces[:IOV_MAX]
@@ -374,6 +378,7 @@ class CompletionIO:
             self._leftover = None
             self._leftoverLength = 0
         self._send(pieces, length)
+        return False
 
     def _send(self, pieces: list[Any], length: int) -> None:
         ring = self.reactor._ring

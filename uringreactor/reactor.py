@@ -164,7 +164,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         fd = selectable.fileno()
         if fd < 0:
-            raise ValueError(f"{selectable!r} has no file descriptor ({fd})")
+            raise _NoDescriptor(f"{selectable!r} has no file descriptor ({fd})")
         ring = self._ring
         ud = ring.newOp(KIND_POLL, _noop)
 
@@ -204,10 +204,19 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if table.get(selectable) == 0:
             try:
                 table[selectable] = self._arm(selectable, isRead)
-            except BaseException:
+            except BaseException as e:
+                # The descriptor went away during doRead/doWrite: report it
+                # as epoll's _doReadOrWrite does for fileno() == -1.
                 del table[selectable]
-                log.err(None, "Could not poll a descriptor again")
-                self._disconnectSelectable(selectable, _NO_FILEDESC, isRead)
+                if not isinstance(e, _NoDescriptor):
+                    log.err(None, "Could not poll a descriptor again")
+                log.callWithLogger(
+                    selectable,
+                    self._disconnectSelectable,
+                    selectable,
+                    _NO_FILEDESC,
+                    isRead,
+                )
 
     # -- the loop ---------------------------------------------------------
 
@@ -219,11 +228,15 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         queue = self._flushQueue
         if queue:
             self._flushQueue = []
+            ranApplicationCode = False
             for handle in queue:
-                handle._flush()
-            if self._flushQueue:
-                # A flush finished a connection whose protocol wrote more
-                # elsewhere; do not wait with output pending.
+                if handle._flush():
+                    ranApplicationCode = True
+            if ranApplicationCode or self._flushQueue:
+                # A flush with nothing left to send finished a
+                # loseConnection or resumed a producer: that code may have
+                # stopped the reactor, scheduled calls or written more, all
+                # of which the timeout given to this iteration predates.
                 timeout = 0
         self._ring.enter(timeout)
         self._ring.dispatch()
@@ -298,6 +311,12 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
 
 def _noop(res: int, flags: int) -> None:
     pass
+
+
+class _NoDescriptor(ValueError):
+    """
+    A selectable given to C{addReader}/C{addWriter} has no descriptor.
+    """
 
 
 def install(fallback: str | None = None) -> Any:
