@@ -1,0 +1,91 @@
+"""
+Shared helpers: fresh reactors per test, running them until a Deferred
+fires, and counting open file descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.epollreactor import EPollReactor
+from twisted.python.failure import Failure
+
+from uringreactor.reactor import IOUringReactor
+
+REACTORS: dict[str, Callable[[], Any]] = {
+    "epoll": EPollReactor,
+    "iouring": IOUringReactor,
+}
+
+
+class ReactorTimeout(Exception):
+    pass
+
+
+def run(reactor: Any, work: Any, timeout: float = 60.0) -> Any:
+    """
+    Run C{reactor} until C{work} (a Deferred, a coroutine, or a callable
+    returning either, called once the reactor runs) has a result; return it,
+    or raise its failure.  Fails with L{ReactorTimeout} after C{timeout}.
+    """
+    outcome: list[Any] = []
+
+    def finish(result: Any) -> None:
+        if not outcome:
+            outcome.append(result)
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        try:
+            d = work() if callable(work) else work
+            if not isinstance(d, Deferred):
+                d = ensureDeferred(d)
+        except BaseException:
+            finish(Failure())
+            return
+        d.addBoth(finish)
+
+    def expire() -> None:
+        finish(Failure(ReactorTimeout(f"reactor still running after {timeout}s")))
+
+    reactor.callWhenRunning(start)
+    timer = reactor.callLater(timeout, expire)
+    reactor.run(installSignalHandlers=False)
+    if timer.active():
+        timer.cancel()
+    assert outcome, "reactor stopped without a result"
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def openFds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+@pytest.fixture(params=sorted(REACTORS))
+def anyReactor(request: pytest.FixtureRequest) -> Any:
+    """
+    A new reactor of each kind, so behaviour can be compared with epoll.
+    """
+    return REACTORS[request.param]()
+
+
+@pytest.fixture
+def uring() -> IOUringReactor:
+    """
+    A new io_uring reactor.
+    """
+    return IOUringReactor()

@@ -1,0 +1,275 @@
+"""
+Lifetime safety: operations in flight when a transport closes are cancelled,
+their completions never reach the protocol, descriptors and operations do
+not leak, and a released reactor gives its ring back.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+
+from tests.conftest import openFds, run, sleep
+from uringreactor.reactor import IOUringReactor
+
+
+class Strict(Protocol):
+    """
+    Fails loudly if anything reaches it after connectionLost.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[Any] = Deferred()
+        self.made: Deferred[Any] = Deferred()
+        self.received = 0
+        self.violations: list[str] = []
+        self.isLost = False
+
+    def connectionMade(self) -> None:
+        if self.isLost:
+            self.violations.append("connectionMade after connectionLost")
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.isLost:
+            self.violations.append("dataReceived after connectionLost")
+        self.received += len(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.isLost:
+            self.violations.append("connectionLost twice")
+        self.isLost = True
+        self.lost.callback(reason.value)
+
+
+def _factory(protocols: list[Any], cls: type = Strict) -> Factory:
+    f = Factory()
+
+    def build(addr: Any) -> Protocol:
+        p = cls()
+        protocols.append(p)
+        return p
+
+    f.buildProtocol = build  # type: ignore[method-assign]
+    return f
+
+
+def _client(reactor: Any, port: int, proto: Protocol) -> None:
+    f = ClientFactory()
+    f.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+    reactor.connectTCP("127.0.0.1", port, f)
+
+
+def openSockets() -> set[int]:
+    """
+    The descriptors of this process that are sockets.
+    """
+    found = set()
+    for fd in openFds():
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(fd)
+        except OSError:
+            pass
+    return found
+
+
+def _baseline(reactor: IOUringReactor) -> int:
+    return reactor.ioCounters()["in_flight"]
+
+
+def test_closeWithReceiveInFlight(uring: IOUringReactor) -> None:
+    """
+    Both loseConnection and abortConnection on a transport whose receive is
+    waiting in the kernel end cleanly, cancel the receive and leave no
+    operation or descriptor behind.
+    """
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = uring.listenTCP(0, _factory(servers), interface="127.0.0.1")
+        yield sleep(uring, 0.01)
+        fdsBefore = openSockets()
+        baseline = _baseline(uring)
+        for close in ("loseConnection", "abortConnection"):
+            client = Strict()
+            _client(uring, port.getHost().port, client)
+            yield client.made
+            while len(servers) < 1:
+                yield sleep(uring, 0.001)
+            server = servers.pop()
+            yield sleep(uring, 0.01)
+            # Both ends now have a receive in flight.
+            assert _baseline(uring) >= baseline + 2
+            getattr(server.transport, close)()
+            yield server.lost
+            yield client.lost
+            assert not server.violations and not client.violations
+        yield sleep(uring, 0.01)
+        inFlight = _baseline(uring)
+        fdsAfter = openSockets()
+        yield port.stopListening()
+        return baseline, inFlight, fdsBefore, fdsAfter
+
+    baseline, inFlight, fdsBefore, fdsAfter = run(uring, work)
+    assert inFlight == baseline
+    assert fdsAfter == fdsBefore
+
+
+def test_abortWithSendInFlight(uring: IOUringReactor) -> None:
+    """
+    Aborting a connection whose send is stuck in the kernel (the peer does
+    not read) cancels the send; the buffers it uses stay alive until the
+    kernel gives them back, and nothing leaks.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = uring.listenTCP(0, _factory(servers), interface="127.0.0.1")
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        while not servers:
+            yield sleep(uring, 0.001)
+        server = servers[0]
+        baseline = _baseline(uring)
+        server.transport.write(os.urandom(1 << 20) * 32)
+        yield sleep(uring, 0.1)
+        sendsInFlight = server.transport._sendOp != 0
+        server.transport.abortConnection()
+        reason = yield server.lost
+        yield sleep(uring, 0.05)
+        after = _baseline(uring)
+        peer.close()
+        yield port.stopListening()
+        return sendsInFlight, baseline, after, reason, server
+
+    sendInFlight, baseline, after, reason, server = run(uring, work)
+    assert sendInFlight
+    # The server's receive and its stuck send are both gone.
+    assert after <= baseline - 1
+    assert not server.violations
+
+
+def test_thousandsOfConnectCloseCyclesLeakNothing(uring: IOUringReactor) -> None:
+    """
+    3000 connect/exchange/close cycles, with either side closing, leave the
+    number of descriptors and in-flight operations where they started.
+    """
+    cycles = 3000
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+
+        class Echo(Strict):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.write(data)
+
+        port = uring.listenTCP(
+            0, _factory(servers, Echo), interface="127.0.0.1", backlog=256
+        )
+        yield sleep(uring, 0.01)
+        fds = openSockets()
+        baseline = _baseline(uring)
+        violations: list[str] = []
+        batch = 50
+        for start in range(0, cycles, batch):
+            clients = []
+            for _ in range(batch):
+                c = Strict()
+                _client(uring, port.getHost().port, c)
+                clients.append(c)
+            for i, c in enumerate(clients):
+                yield c.made
+                c.transport.write(b"ping %d" % i)
+            for i, c in enumerate(clients):
+                while c.received < len(b"ping %d" % i):
+                    yield sleep(uring, 0.001)
+                if (start + i) % 3 == 0:
+                    c.transport.abortConnection()
+                else:
+                    c.transport.loseConnection()
+            for c in clients:
+                yield c.lost
+                violations.extend(c.violations)
+            while any(not s.isLost for s in servers):
+                yield sleep(uring, 0.001)
+            for s in servers:
+                violations.extend(s.violations)
+            servers.clear()
+        yield sleep(uring, 0.02)
+        result = (fds, openSockets(), baseline, _baseline(uring), violations)
+        yield port.stopListening()
+        return result
+
+    fdsBefore, fdsAfter, opsBefore, opsAfter, violations = run(uring, work, timeout=240)
+    assert violations == []
+    assert fdsAfter == fdsBefore
+    assert opsAfter == opsBefore
+
+
+def test_stopLeavesNothingInFlight() -> None:
+    """
+    After reactor.stop() (which disconnects everything) and one more pass
+    of the loop, the only operation in flight is the reactor's own waker.
+    """
+    reactor = IOUringReactor()
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = reactor.listenTCP(0, _factory(servers), interface="127.0.0.1")
+        clients = [Strict() for _ in range(20)]
+        for c in clients:
+            _client(reactor, port.getHost().port, c)
+        for c in clients:
+            yield c.made
+            c.transport.write(b"x" * 100000)
+        yield sleep(reactor, 0.05)
+        return port, clients, servers
+
+    port, clients, servers = run(reactor, work)
+    # run() stopped the reactor: shutdown disconnected every transport.
+    reactor.iterate(0)
+    reactor.iterate(0)
+    assert all(c.isLost for c in clients + servers)
+    assert not any(c.violations for c in clients + servers)
+    counters = reactor.ioCounters()
+    # The waker's poll, plus the listening port (still open: nobody
+    # stopped listening, as with epoll).
+    assert counters["in_flight"] <= 2
+
+
+def test_releasedReactorsGiveBackTheirRings() -> None:
+    """
+    Reactors that are dropped without being closed release their ring
+    (Twisted's test suite builds one per test and never closes them).
+    """
+
+    def rings() -> int:
+        count = 0
+        for fd in openFds():
+            try:
+                if "io_uring" in os.readlink(f"/proc/self/fd/{fd}"):
+                    count += 1
+            except OSError:
+                pass
+        return count
+
+    gc.collect()
+    before = rings()
+    reactors = []
+    for _ in range(200):
+        r = IOUringReactor()
+        r.listenTCP(0, Factory(), interface="127.0.0.1")
+        reactors.append(r)
+    assert rings() == before + 200
+    del r, reactors
+    gc.collect()
+    assert rings() <= before

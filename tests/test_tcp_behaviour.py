@@ -1,0 +1,524 @@
+"""
+TCP behaviour that Twisted's own suites do not pin down: ordering of many
+small writes, large transfers, producers under backpressure, error mapping.
+Where it matters the same test runs on epoll, to show the two agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import error, interfaces
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from zope.interface import implementer
+
+from tests.conftest import run, sleep
+
+
+class Collect(Protocol):
+    """
+    Collects what it receives; fires C{done} with the bytes on connection
+    loss.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+        self.made: Deferred[Collect] = Deferred()
+        self.reason: Any = None
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.reason = reason
+        self.done.callback(b"".join(self.chunks))
+
+
+def serverFactory(protocols: list[Any], cls: type = Collect) -> Factory:
+    factory = Factory()
+
+    def build(addr: Any) -> Protocol:
+        p = cls()
+        p.factory = factory
+        protocols.append(p)
+        return p
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    return factory
+
+
+def clientFactory(proto: Protocol) -> ClientFactory:
+    factory = ClientFactory()
+    factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+    return factory
+
+
+def connectPair(reactor: Any, host: str = "127.0.0.1", cls: type = Collect) -> Any:
+    """
+    Listen, connect a L{Collect} client, and fire with (port, client,
+    server) once both ends are connected.
+    """
+    servers: list[Any] = []
+    port = reactor.listenTCP(0, serverFactory(servers, cls), interface=host)
+    client = Collect()
+    reactor.connectTCP(host, port.getHost().port, clientFactory(client))
+
+    @inlineCallbacks
+    def both() -> Any:
+        yield client.made
+        while not servers:
+            yield sleep(reactor, 0.001)
+        return port, client, servers[0]
+
+    return both()
+
+
+def test_manySmallWritesArriveInOrder(anyReactor: Any) -> None:
+    """
+    Tens of thousands of write() and writeSequence() calls of varying sizes
+    arrive complete and in order.
+    """
+    pieces = [
+        (b"%d:" % i) + bytes([i % 251]) * (i % 97) for i in range(30000)
+    ]
+    expected = b"".join(pieces)
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        for i in range(0, len(pieces), 10):
+            if i % 20:
+                client.transport.writeSequence(pieces[i : i + 10])
+            else:
+                for piece in pieces[i : i + 10]:
+                    client.transport.write(piece)
+            if i % 1000 == 0:
+                # Let some of it go out while more is written.
+                yield sleep(anyReactor, 0)
+        client.transport.loseConnection()
+        received = yield server.done
+        yield port.stopListening()
+        return received
+
+    received = run(anyReactor, work)
+    assert len(received) == len(expected)
+    assert received == expected
+
+
+class Blast(Protocol):
+    """
+    Sends C{total} bytes of a reproducible stream as a streaming producer,
+    hashing what it sends.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.sent = 0
+        self.hash = hashlib.sha256()
+        self.paused = 0
+        self.resumed = 0
+        self.block = os.urandom(1 << 20)
+
+    def start(self, transport: Any) -> None:
+        self.t = transport
+        transport.registerProducer(self, True)
+        self.resumeProducing()
+        self.resumed = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+        self._paused = False
+        while not self._paused and self.sent < self.total:
+            n = min(len(self.block), self.total - self.sent)
+            # A fresh object each time: the transport keeps a reference,
+            # not a copy.
+            chunk = self.block[self.sent % 7919 :][:n]
+            if len(chunk) < n:
+                chunk = (self.block * 2)[self.sent % 7919 :][:n]
+            self.hash.update(chunk)
+            self.sent += len(chunk)
+            self.t.write(chunk)
+        if self.sent >= self.total:
+            self.t.unregisterProducer()
+            self.t.loseConnection()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class HashingCollect(Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.reason = reason
+        self.done.callback(b"")
+
+
+@pytest.mark.parametrize("direction", ["client-to-server", "server-to-client"])
+def test_hundredMegabytesByteExact(uring: Any, direction: str) -> None:
+    """
+    100 MB through one connection, in either direction, arrive byte-exact.
+    """
+    total = 100 * 1000 * 1000
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(uring, cls=HashingCollect)
+        if direction == "client-to-server":
+            sender, receiver = client, server
+        else:
+            sender, receiver = server, client
+        receiver.hash = hashlib.sha256()
+        receiver.count = 0
+        receiver.dataReceived = lambda data: (
+            receiver.hash.update(data),
+            setattr(receiver, "count", receiver.count + len(data)),
+        )
+        blast = Blast(total)
+        blast.start(sender.transport)
+        yield receiver.done
+        yield port.stopListening()
+        return blast, receiver
+
+    blast, receiver = run(uring, work, timeout=120)
+    assert receiver.count == total
+    assert receiver.hash.hexdigest() == blast.hash.hexdigest()
+    # Sending faster than loopback drains must have paused the producer.
+    assert blast.paused >= 1
+
+
+def test_streamingProducerPausedAndResumed(anyReactor: Any) -> None:
+    """
+    A streaming producer is paused once more than bufferSize bytes wait to
+    be sent to a peer that is not reading, the buffered amount stays
+    bounded, and everything arrives once the peer reads again.
+    """
+    total = 64 * 1000 * 1000
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor, cls=HashingCollect)
+        client.hash = hashlib.sha256()
+        client.count = 0
+
+        def received(data: bytes) -> None:
+            client.hash.update(data)
+            client.count += len(data)
+
+        client.dataReceived = received
+        client.transport.pauseProducing()
+        blast = Blast(total)
+        blast.start(server.transport)
+        yield sleep(anyReactor, 0.5)
+        pausedWhileBlocked = blast.paused
+        sentWhileBlocked = blast.sent
+        receivedWhileBlocked = client.count
+        client.transport.resumeProducing()
+        yield client.done
+        yield port.stopListening()
+        return (
+            blast,
+            client,
+            pausedWhileBlocked,
+            sentWhileBlocked,
+            receivedWhileBlocked,
+        )
+
+    blast, client, paused, sent, received = run(anyReactor, work, timeout=120)
+    assert received == 0
+    assert paused >= 1
+    # Bounded: the kernel's buffers plus about one bufferSize and one chunk
+    # in user space, nowhere near the total.
+    assert sent < 24 * 1000 * 1000
+    assert client.count == total
+    assert client.hash.hexdigest() == blast.hash.hexdigest()
+    assert blast.resumed >= 1
+
+
+@implementer(interfaces.IPullProducer)
+class PullChunks:
+    def __init__(self, transport: Any, chunks: list[bytes]) -> None:
+        self.transport = transport
+        self.chunks = list(chunks)
+        self.calls = 0
+
+    def resumeProducing(self) -> None:
+        self.calls += 1
+        if self.chunks:
+            self.transport.write(self.chunks.pop(0))
+        else:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def stopProducing(self) -> None:
+        self.chunks = []
+
+
+def test_pullProducerDrivenByDrain(anyReactor: Any) -> None:
+    """
+    A pull producer is asked for more each time the buffer drains, and the
+    connection closes after it unregisters.
+    """
+    chunks = [bytes([i]) * (1000 + i) for i in range(200)]
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        producer = PullChunks(server.transport, chunks)
+        server.transport.registerProducer(producer, False)
+        received = yield client.done
+        yield port.stopListening()
+        return producer, received
+
+    producer, received = run(anyReactor, work)
+    assert received == b"".join(chunks)
+    assert producer.calls == len(chunks) + 1
+
+
+def test_pausedReadingPushesBackOnThePeer(uring: Any) -> None:
+    """
+    A transport whose reading is paused stops taking data from the kernel:
+    a peer writing to it soon finds the socket full, and nothing is
+    delivered until reading resumes; then all of it arrives in order.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = uring.listenTCP(0, serverFactory(servers), interface="127.0.0.1")
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        peer.setblocking(False)
+        while not servers:
+            yield sleep(uring, 0.001)
+        server = servers[0]
+        server.transport.pauseProducing()
+        yield sleep(uring, 0.05)
+        sent = hashlib.sha256()
+        total = 0
+        block = os.urandom(65536)
+        stalls = 0
+        while stalls < 20 and total < 512 * 1024 * 1024:
+            try:
+                n = peer.send(block)
+            except BlockingIOError:
+                stalls += 1
+                yield sleep(uring, 0.01)
+                continue
+            sent.update(block[:n])
+            total += n
+        deliveredWhilePaused = sum(map(len, server.chunks))
+        server.transport.resumeProducing()
+        remaining = total
+        while sum(map(len, server.chunks)) < remaining:
+            yield sleep(uring, 0.01)
+        peer.close()
+        yield server.done
+        yield port.stopListening()
+        return total, deliveredWhilePaused, sent, server
+
+    total, deliveredWhilePaused, sent, server = run(uring, work)
+    # At most the one receive that was already in flight when reading
+    # paused; the rest stays in the kernel, which stops the peer.
+    assert deliveredWhilePaused == 0
+    assert total < 64 * 1024 * 1024
+    received = b"".join(server.chunks)
+    assert len(received) == total
+    assert hashlib.sha256(received).hexdigest() == sent.hexdigest()
+
+
+def _connectFailure(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    class Recorder(ClientFactory):
+        def __init__(self) -> None:
+            self.failed: Deferred[Any] = Deferred()
+
+        def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+            # Wrapped: a Failure given to callback() would become an errback.
+            self.failed.callback([reason])
+
+    factory = Recorder()
+    factory.protocol = Protocol
+    reactor.connectTCP(host, port, factory, timeout=timeout)
+    return factory.failed
+
+
+def _closedPort() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_connectionRefused(anyReactor: Any) -> None:
+    [reason] = run(
+        anyReactor, lambda: _connectFailure(anyReactor, "127.0.0.1", _closedPort(), 5)
+    )
+    assert reason.check(error.ConnectionRefusedError)
+
+
+def test_connectTimeout(anyReactor: Any) -> None:
+    """
+    A connection attempt that gets no answer fails with TimeoutError.  A
+    listener with a full backlog that is never accepted drops new SYNs.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        [reason] = run(
+            anyReactor, lambda: _connectFailure(anyReactor, "127.0.0.1", port, 0.5)
+        )
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+    assert reason.check(error.TimeoutError)
+
+
+def test_cannotListenOnBusyPort(anyReactor: Any) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(error.CannotListenError):
+            anyReactor.listenTCP(busy.getsockname()[1], Factory(), interface="127.0.0.1")
+    finally:
+        busy.close()
+
+
+def test_peerResetIsConnectionLost(anyReactor: Any) -> None:
+    """
+    A peer that resets the connection makes connectionLost report
+    ConnectionLost, as on epoll.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        client.transport.abortConnection()
+        yield server.done
+        yield client.done
+        yield port.stopListening()
+        return client.reason, server.reason
+
+    clientReason, serverReason = run(anyReactor, work)
+    assert clientReason.check(error.ConnectionAborted)
+    assert serverReason.check(error.ConnectionLost)
+
+
+def test_ipv6AndBindAddress(anyReactor: Any) -> None:
+    """
+    IPv6 works, and bindAddress sets the client's local address.
+    """
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    localPort = _closedPort()
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = anyReactor.listenTCP(0, serverFactory(servers), interface="::1")
+        client = Collect()
+        anyReactor.connectTCP(
+            "::1",
+            port.getHost().port,
+            clientFactory(client),
+            bindAddress=("::1", localPort),
+        )
+        yield client.made
+        while not servers:
+            yield sleep(anyReactor, 0.001)
+        client.transport.write(b"over six")
+        client.transport.loseConnection()
+        data = yield servers[0].done
+        yield port.stopListening()
+        return data, servers[0].transport
+
+    data, serverTransport = run(anyReactor, work)
+    assert data == b"over six"
+    peer = serverTransport.getPeer()
+    assert peer.host == "::1"
+    assert peer.port == localPort
+
+
+def test_halfClose(anyReactor: Any) -> None:
+    """
+    loseWriteConnection sends EOF while the other direction stays open.
+    """
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    @implementer(IHalfCloseableProtocol)
+    class EchoAfterEOF(Collect):
+        def readConnectionLost(self) -> None:
+            data = b"".join(self.chunks)
+            self.transport.write(data[::-1])
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor, cls=EchoAfterEOF)
+        client.transport.write(b"abcdef")
+        client.transport.loseWriteConnection()
+        data = yield client.done
+        yield port.stopListening()
+        return data
+
+    assert run(anyReactor, work) == b"fedcba"
+
+
+def test_tcpOptions(uring: Any) -> None:
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(uring)
+        t = client.transport
+        t.setTcpNoDelay(True)
+        t.setTcpKeepAlive(True)
+        result = (t.getTcpNoDelay(), t.getTcpKeepAlive())
+        t.setTcpNoDelay(False)
+        t.setTcpKeepAlive(False)
+        result += (t.getTcpNoDelay(), t.getTcpKeepAlive())
+        hostPeer = (t.getHost(), server.transport.getPeer())
+        t.loseConnection()
+        yield server.done
+        yield port.stopListening()
+        return result, hostPeer
+
+    options, (host, peer) = run(uring, work)
+    assert options == (True, True, False, False)
+    assert host == peer

@@ -1,0 +1,163 @@
+"""
+When io_uring is refused, install() says why and how to fix it; the epoll
+fallback happens only when asked for, with one warning.
+
+The refusals are real: a child process loads a seccomp filter that makes
+io_uring_setup fail with EPERM (as Docker's default profile does) or ENOSYS
+(as podman's does) before importing the reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from uringreactor import errors
+
+pyseccomp = pytest.importorskip(
+    "pyseccomp", reason="pyseccomp (and the system libseccomp) is needed"
+)
+
+CHILD = textwrap.dedent(
+    """
+    import errno, os, sys, warnings
+    import pyseccomp
+    refusal = getattr(errno, sys.argv[1])
+    f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    f.add_rule(pyseccomp.ERRNO(refusal), "io_uring_setup")
+    f.load()
+    mode = sys.argv[2]
+    import uringreactor
+    from uringreactor.errors import IOUringUnavailable
+    if mode == "plain":
+        try:
+            uringreactor.install()
+        except IOUringUnavailable as e:
+            print("ERRNO", e.errno)
+            print("MESSAGE", e.strerror)
+            sys.exit(3)
+        print("INSTALLED")
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if mode == "fallback-arg":
+                uringreactor.install(fallback="epoll")
+            else:
+                uringreactor.install()
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol, ClientFactory
+        class Echo(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(data)
+        class Client(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+            def dataReceived(self, data):
+                print("ECHO", data.decode())
+                reactor.stop()
+        port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           ClientFactory.forProtocol(Client))
+        reactor.callLater(10, reactor.stop)
+        reactor.run()
+        print("REACTOR", type(reactor).__name__)
+        print("WARNINGS", len(caught))
+        for w in caught:
+            print("WARNING", w.category.__name__, str(w.message))
+    """
+)
+
+
+def _child(refusal: str, mode: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = dict(os.environ)
+    environ.pop("URINGREACTOR_FALLBACK", None)
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, refusal, mode],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def test_seccompEPERMExplainsDockerAndFix() -> None:
+    result = _child("EPERM", "plain")
+    assert result.returncode == 3, result.stderr
+    assert "ERRNO 1" in result.stdout
+    message = result.stdout.split("MESSAGE", 1)[1]
+    assert "EPERM" in message
+    assert "seccomp" in message
+    assert "Docker" in message
+    assert "--security-opt seccomp=" in message
+    assert "fallback='epoll'" in message
+
+
+def test_seccompENOSYSExplainsFilterAndFix() -> None:
+    result = _child("ENOSYS", "plain")
+    assert result.returncode == 3, result.stderr
+    assert "ERRNO 38" in result.stdout
+    message = result.stdout.split("MESSAGE", 1)[1]
+    assert "ENOSYS" in message
+    assert "seccomp filter" in message
+    assert "seccomp=unconfined" in message
+
+
+def test_fallbackArgumentInstallsEpollWithOneWarning() -> None:
+    result = _child("EPERM", "fallback-arg")
+    assert result.returncode == 0, result.stderr
+    assert "ECHO ping" in result.stdout
+    assert "REACTOR EPollReactor" in result.stdout
+    assert "WARNINGS 1" in result.stdout
+    warning = result.stdout.split("WARNING IOUringFallbackWarning", 1)[1]
+    assert "epoll" in warning and "seccomp" in warning
+
+
+def test_fallbackEnvironmentVariable() -> None:
+    result = _child("EPERM", "fallback-env", URINGREACTOR_FALLBACK="epoll")
+    assert result.returncode == 0, result.stderr
+    assert "REACTOR EPollReactor" in result.stdout
+    assert "WARNINGS 1" in result.stdout
+
+
+def test_noFallbackWithoutOptIn() -> None:
+    """
+    Without the opt-in nothing falls back, even though epoll would work.
+    """
+    result = _child("EPERM", "plain")
+    assert "INSTALLED" not in result.stdout
+
+
+def test_unknownFallbackRefused() -> None:
+    import uringreactor
+
+    with pytest.raises(ValueError, match="only fallback is 'epoll'"):
+        uringreactor._install("poll")
+
+
+def test_sysctlCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With kernel.io_uring_disabled set, EPERM names the sysctl rather than
+    seccomp.
+    """
+    monkeypatch.setattr(errors, "_disabledSysctl", lambda: "2")
+    message = errors.explainSetupError(errno.EPERM).strerror
+    assert "kernel.io_uring_disabled is 2" in message
+    assert "sysctl -w kernel.io_uring_disabled=0" in message
+
+
+def test_memlockCauseNamed() -> None:
+    message = errors.explainSetupError(errno.ENOMEM).strerror
+    assert "RLIMIT_MEMLOCK" in message
+    assert "ulimit -l" in message
+
+
+def test_oldKernelCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(errors, "_kernelAtLeast", lambda major, minor: False)
+    message = errors.explainSetupError(errno.ENOSYS).strerror
+    assert "too old" in message
