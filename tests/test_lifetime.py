@@ -89,6 +89,7 @@ def test_closeWithReceiveInFlight(uring: IOUringReactor) -> None:
     waiting in the kernel end cleanly, cancel the receive and leave no
     operation or descriptor behind.
     """
+
     @inlineCallbacks
     def work() -> Any:
         servers: list[Any] = []

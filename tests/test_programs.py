@@ -160,9 +160,10 @@ def test_twistdWebServesFilesToCurl(tmp_path: Path) -> None:
             timeout=120,
         )
         assert big.returncode == 0, big.stderr
-        assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(
-            payload
-        ).digest()
+        assert (
+            hashlib.sha256(out.read_bytes()).digest()
+            == hashlib.sha256(payload).digest()
+        )
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         log = proc.stdout.read().decode() if proc.stdout else ""

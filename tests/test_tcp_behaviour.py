@@ -87,9 +87,7 @@ def test_manySmallWritesArriveInOrder(anyReactor: Any) -> None:
     Tens of thousands of write() and writeSequence() calls of varying sizes
     arrive complete and in order.
     """
-    pieces = [
-        (b"%d:" % i) + bytes([i % 251]) * (i % 97) for i in range(30000)
-    ]
+    pieces = [(b"%d:" % i) + bytes([i % 251]) * (i % 97) for i in range(30000)]
     expected = b"".join(pieces)
 
     @inlineCallbacks
@@ -408,7 +406,9 @@ def test_cannotListenOnBusyPort(anyReactor: Any) -> None:
     busy.listen(1)
     try:
         with pytest.raises(error.CannotListenError):
-            anyReactor.listenTCP(busy.getsockname()[1], Factory(), interface="127.0.0.1")
+            anyReactor.listenTCP(
+                busy.getsockname()[1], Factory(), interface="127.0.0.1"
+            )
     finally:
         busy.close()
 

@@ -56,6 +56,7 @@ def _install(fallback: str | None) -> Any:
         raise ValueError(
             f"unsupported fallback {fallback!r}: the only fallback is 'epoll'"
         )
+    reactor: Any
     try:
         from uringreactor.reactor import IOUringReactor
 

@@ -44,7 +44,7 @@ import sys
 from typing import Any
 
 from twisted.internet import main
-from twisted.python import failure, log
+from twisted.python import log
 
 from uringreactor._liburing import ffi, lib
 from uringreactor.ring import (
@@ -293,9 +293,7 @@ class CompletionIO:
             self._heldEnd = why
 
     def _readEndedWith(self, why: Exception) -> None:
-        log.callWithLogger(
-            self, self.reactor._disconnectSelectable, self, why, True
-        )
+        log.callWithLogger(self, self.reactor._disconnectSelectable, self, why, True)
 
     def _deliver(self, data: bytes) -> None:
         """

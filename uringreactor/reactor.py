@@ -40,8 +40,8 @@ from uringreactor import tcp
 from uringreactor._liburing import ffi, lib
 from uringreactor.features import Features
 from uringreactor.ring import (
-    F_BUFFER,
     BUFFER_SHIFT,
+    F_BUFFER,
     KIND_POLL,
     BufferRing,
     Ring,
@@ -198,9 +198,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 isRead,
             )
             return
-        log.callWithLogger(
-            selectable, self._doReadOrWrite, selectable, selectable, res
-        )
+        log.callWithLogger(selectable, self._doReadOrWrite, selectable, selectable, res)
         if table.get(selectable) == 0:
             try:
                 table[selectable] = self._arm(selectable, isRead)
@@ -264,7 +262,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         factory: Any,
         timeout: float = 30.0,
         bindAddress: Any = None,
-    ) -> tcp.Connector:
+    ) -> Any:
         c = tcp.Connector(host, port, factory, timeout, bindAddress, self)
         c.connect()
         return c

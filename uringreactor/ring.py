@@ -281,9 +281,7 @@ class Ring:
         """
         self.ops.pop(ud, None)
 
-    def cancel(
-        self, ud: int, keep: object = None, late: Handler | None = None
-    ) -> bool:
+    def cancel(self, ud: int, keep: object = None, late: Handler | None = None) -> bool:
         """
         Cancel operation C{ud}: its owner will not hear of it again.
 

@@ -261,7 +261,8 @@ class Port(tcp.Port):
                     addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
                 )
                 addr = tuple([host[0]] + list(addr[1:]))
-            protocol = self.factory.buildProtocol(self._buildAddr(addr))
+            factory: Any = self.factory
+            protocol = factory.buildProtocol(self._buildAddr(addr))
             if protocol is None:
                 skt.close()
                 return

@@ -1,0 +1,29 @@
+# uringreactor test image: builds the project with the same set-up script as
+# README.md and runs the whole test suite by default.
+#
+#   docker build -t uringreactor .
+#   docker run --rm --security-opt seccomp=unconfined uringreactor
+#
+# io_uring needs a seccomp profile that allows io_uring_setup, io_uring_enter
+# and io_uring_register: Docker 25+ refuses them by default (EPERM), podman's
+# default profile answers ENOSYS.  See README.md, "Docker and CI".
+ARG BASE=debian:bookworm
+FROM ${BASE}
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHON=/usr/bin/python3 \
+    URINGREACTOR_VENV=/opt/uringreactor-venv \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends \
+        ca-certificates python3 python3-venv python3-dev gcc libc6-dev \
+        pkg-config liburing-dev curl libseccomp2 procps git \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY . /src
+RUN rm -rf /src/.venv /src/build \
+    && ./scripts/setup.sh
+
+CMD ["./tests/run"]

@@ -1,0 +1,109 @@
+"""
+Echo server for the benchmarks, on a reactor chosen by name.
+
+    python bench/echo_server.py REACTOR [--port N]
+
+REACTOR is one of: iouring, epoll, poll, asyncio (Twisted on asyncio),
+uvloop (Twisted on asyncio with uvloop), asyncio-plain and uvloop-plain (an
+asyncio echo server without Twisted, as a reference).  Prints C{PORT n} once
+listening, runs until SIGTERM or SIGINT, then prints one JSON line of
+counters (io_uring reactor only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+
+def _installTwisted(name: str) -> None:
+    if name == "iouring":
+        import uringreactor
+
+        uringreactor.install()
+    elif name == "epoll":
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+    elif name == "poll":
+        from twisted.internet import pollreactor
+
+        pollreactor.install()
+    elif name in ("asyncio", "uvloop"):
+        import asyncio
+
+        if name == "uvloop":
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(loop)
+    else:
+        raise SystemExit(f"unknown reactor {name!r}")
+
+
+def runTwisted(name: str, port: int) -> None:
+    _installTwisted(name)
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    listening = reactor.listenTCP(  # type: ignore[attr-defined]
+        port, Factory.forProtocol(Echo), backlog=4096, interface="127.0.0.1"
+    )
+    print("PORT", listening.getHost().port, flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+    counters = getattr(reactor, "ioCounters", None)
+    print(json.dumps({"counters": counters() if counters else None}), flush=True)
+
+
+def runPlain(name: str, port: int) -> None:
+    import asyncio
+
+    if name == "uvloop-plain":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    server = loop.run_until_complete(
+        loop.create_server(Echo, "127.0.0.1", port, backlog=4096)
+    )
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, loop.stop)
+    loop.run_forever()
+    print(json.dumps({"counters": None}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("reactor")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    if args.reactor.endswith("-plain"):
+        runPlain(args.reactor, args.port)
+    else:
+        runTwisted(args.reactor, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+/*
+ * loadgen: a closed-loop TCP echo load generator for the uringreactor
+ * benchmarks.
+ *
+ *   loadgen HOST PORT CONNECTIONS SIZE DEPTH WARMUP_S SECONDS SERVER_PID
+ *
+ * Opens CONNECTIONS connections; each keeps DEPTH messages of SIZE bytes in
+ * flight and sends the next one as soon as one has been echoed in full.
+ * Every echoed byte is checked against the byte that was sent (a pattern
+ * that depends on the connection and the offset in its stream), so a
+ * server that drops, duplicates or reorders data is caught.
+ *
+ * After WARMUP_S seconds it measures for SECONDS seconds: requests
+ * completed, latency percentiles (time from sending a message to receiving
+ * its last byte), its own CPU time and the server's (read from
+ * /proc/SERVER_PID/stat at both ends of the window).  It prints one JSON
+ * object.  One thread, epoll, non-blocking sockets: written to cost far
+ * less per request than the servers it measures, and it reports its own CPU
+ * use so that this can be checked.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HIST_BUCKETS 200000 /* 1 us buckets up to 200 ms */
+
+struct conn {
+    int fd;
+    uint32_t id;
+    uint64_t sent;      /* bytes written */
+    uint64_t received;  /* bytes read and verified */
+    uint64_t queued;    /* bytes that should have been written so far */
+    uint64_t *stamps;   /* send time of each in-flight message (ring) */
+    unsigned head, tail;
+    int want_out;
+};
+
+static size_t msg_size;
+static unsigned depth;
+static uint64_t hist[HIST_BUCKETS + 1];
+static uint64_t hist_count;
+static int measuring;
+static uint64_t requests;
+static uint64_t total_requests;
+static uint64_t errors;
+static uint64_t verify_failures;
+
+static inline uint8_t pattern(uint32_t id, uint64_t off)
+{
+    return (uint8_t)(id * 131u + off * 7u + (off >> 9));
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static double cpu_of(int pid)
+{
+    char path[64], buf[1024];
+    FILE *f;
+    unsigned long utime = 0, stime = 0;
+    char *p;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    f = fopen(path, "r");
+    if (!f)
+        return -1;
+    if (!fgets(buf, sizeof(buf), f)) {
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    /* fields after ")": state(3) ... utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+               &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static unsigned char *sendbuf; /* scratch for building messages */
+
+static int flush_out(struct conn *c)
+{
+    while (c->sent < c->queued) {
+        uint64_t n = c->queued - c->sent;
+        uint64_t i;
+        ssize_t w;
+        if (n > 65536)
+            n = 65536;
+        for (i = 0; i < n; i++)
+            sendbuf[i] = pattern(c->id, c->sent + i);
+        w = send(c->fd, sendbuf, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN)
+                return 1;
+            return -1;
+        }
+        c->sent += w;
+    }
+    return 0;
+}
+
+static void queue_message(struct conn *c, uint64_t t)
+{
+    c->stamps[c->head % depth] = t;
+    c->head++;
+    c->queued += msg_size;
+}
+
+int main(int argc, char **argv)
+{
+    const char *host;
+    int port, nconns, server_pid, epfd, i;
+    double warmup, seconds;
+    struct conn *conns;
+    struct epoll_event ev, *events;
+    struct addrinfo hints, *ai;
+    char portstr[16];
+    unsigned char *rbuf;
+    uint64_t t_start, t_measure = 0, t_end;
+    double cpu_server0 = 0, cpu_server1 = 0, cpu_self0 = 0, cpu_self1 = 0;
+    struct rlimit rl;
+
+    if (argc != 9) {
+        fprintf(stderr,
+                "usage: %s HOST PORT CONNECTIONS SIZE DEPTH WARMUP_S SECONDS "
+                "SERVER_PID\n", argv[0]);
+        return 2;
+    }
+    host = argv[1];
+    port = atoi(argv[2]);
+    nconns = atoi(argv[3]);
+    msg_size = strtoull(argv[4], NULL, 10);
+    depth = (unsigned)atoi(argv[5]);
+    warmup = atof(argv[6]);
+    seconds = atof(argv[7]);
+    server_pid = atoi(argv[8]);
+    if (nconns <= 0 || msg_size == 0 || depth == 0) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)nconns + 64) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if (getaddrinfo(host, portstr, &hints, &ai) != 0) {
+        fprintf(stderr, "cannot resolve %s\n", host);
+        return 2;
+    }
+
+    sendbuf = malloc(65536);
+    rbuf = malloc(262144);
+    conns = calloc(nconns, sizeof(*conns));
+    events = calloc(1024, sizeof(*events));
+    epfd = epoll_create1(0);
+
+    for (i = 0; i < nconns; i++) {
+        struct conn *c = &conns[i];
+        int one = 1;
+        c->id = (uint32_t)i;
+        c->stamps = calloc(depth, sizeof(uint64_t));
+        c->fd = socket(ai->ai_family, SOCK_STREAM, 0);
+        if (c->fd < 0) {
+            perror("socket");
+            return 1;
+        }
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* Connect blocking: simple and the connect phase is not measured. */
+        while (connect(c->fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+            if (errno == EINTR)
+                continue;
+            perror("connect");
+            return 1;
+        }
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        ev.events = EPOLLIN;
+        ev.data.ptr = c;
+        epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+
+    t_start = now_ns();
+    for (i = 0; i < nconns; i++) {
+        unsigned k;
+        for (k = 0; k < depth; k++)
+            queue_message(&conns[i], t_start);
+        if (flush_out(&conns[i]) > 0) {
+            ev.events = EPOLLIN | EPOLLOUT;
+            ev.data.ptr = &conns[i];
+            epoll_ctl(epfd, EPOLL_CTL_MOD, conns[i].fd, &ev);
+            conns[i].want_out = 1;
+        }
+    }
+
+    t_end = t_start + (uint64_t)((warmup + seconds) * 1e9);
+    for (;;) {
+        int n, k;
+        uint64_t t = now_ns();
+        if (!measuring && t >= t_start + (uint64_t)(warmup * 1e9)) {
+            measuring = 1;
+            t_measure = t;
+            cpu_server0 = cpu_of(server_pid);
+            cpu_self0 = self_cpu();
+        }
+        if (t >= t_end)
+            break;
+        n = epoll_wait(epfd, events, 1024, 100);
+        if (n < 0 && errno != EINTR) {
+            perror("epoll_wait");
+            return 1;
+        }
+        for (k = 0; k < n; k++) {
+            struct conn *c = events[k].data.ptr;
+            if (events[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                for (;;) {
+                    ssize_t r = recv(c->fd, rbuf, 262144, 0);
+                    ssize_t j;
+                    if (r < 0) {
+                        if (errno == EAGAIN)
+                            break;
+                        errors++;
+                        goto dead;
+                    }
+                    if (r == 0) {
+                        errors++;
+                        goto dead;
+                    }
+                    for (j = 0; j < r; j++) {
+                        if (rbuf[j] != pattern(c->id, c->received + j)) {
+                            verify_failures++;
+                            break;
+                        }
+                    }
+                    {
+                        uint64_t before = c->received / msg_size;
+                        uint64_t after;
+                        c->received += r;
+                        after = c->received / msg_size;
+                        t = now_ns();
+                        for (; before < after; before++) {
+                            uint64_t sent_at = c->stamps[c->tail % depth];
+                            c->tail++;
+                            total_requests++;
+                            if (measuring) {
+                                uint64_t us = (t - sent_at) / 1000;
+                                requests++;
+                                hist[us < HIST_BUCKETS ? us : HIST_BUCKETS]++;
+                                hist_count++;
+                            }
+                            queue_message(c, t);
+                        }
+                    }
+                    if ((size_t)r < 262144)
+                        break;
+                }
+            }
+            {
+                int rc = flush_out(c);
+                if (rc < 0) {
+                    errors++;
+                    goto dead;
+                }
+                if ((rc > 0) != c->want_out) {
+                    c->want_out = rc > 0;
+                    ev.events = EPOLLIN | (c->want_out ? EPOLLOUT : 0);
+                    ev.data.ptr = c;
+                    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+                }
+            }
+            continue;
+        dead:
+            epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        }
+    }
+    {
+        uint64_t t = now_ns();
+        double elapsed = (t - t_measure) / 1e9;
+        double p[4] = {0.50, 0.90, 0.99, 0.999};
+        double pv[4] = {0, 0, 0, 0};
+        uint64_t acc = 0;
+        int b = 0, q;
+        uint64_t verified = 0;
+        cpu_server1 = cpu_of(server_pid);
+        cpu_self1 = self_cpu();
+        for (q = 0; q < 4; q++) {
+            uint64_t target = (uint64_t)(p[q] * hist_count);
+            while (b <= HIST_BUCKETS && acc + hist[b] <= target) {
+                acc += hist[b];
+                b++;
+            }
+            pv[q] = b;
+        }
+        for (i = 0; i < nconns; i++)
+            verified += conns[i].received;
+        printf("{\"connections\": %d, \"size\": %zu, \"depth\": %u, "
+               "\"seconds\": %.3f, \"requests\": %llu, \"total_requests\": %llu, "
+               "\"rps\": %.1f, "
+               "\"p50_us\": %.0f, \"p90_us\": %.0f, \"p99_us\": %.0f, "
+               "\"p999_us\": %.0f, \"errors\": %llu, "
+               "\"verify_failures\": %llu, \"verified_bytes\": %llu, "
+               "\"server_cpu_s\": %.3f, \"loadgen_cpu_s\": %.3f}\n",
+               nconns, msg_size, depth, elapsed,
+               (unsigned long long)requests, (unsigned long long)total_requests,
+               requests / elapsed, pv[0], pv[1],
+               pv[2], pv[3], (unsigned long long)errors,
+               (unsigned long long)verify_failures,
+               (unsigned long long)verified, cpu_server1 - cpu_server0,
+               cpu_self1 - cpu_self0);
+    }
+    return verify_failures ? 3 : 0;
+}
