@@ -116,8 +116,9 @@ int ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len, int flags,
                  uint64_t ud);
 int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
                            uint64_t ud);
-int ur_prep_send(struct ur_ring *r, int fd, const void *buf, size_t len,
+int ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
                  int flags, uint64_t ud);
+uintptr_t ur_address_of(const char *p);
 int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
                   void *msghdr, int flags, uint64_t ud);
 int ur_prep_sendmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
@@ -462,7 +463,11 @@ int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
     return 0;
 }
 
-int ur_prep_send(struct ur_ring *r, int fd, const void *buf, size_t len,
+/* buf is char * so that Python can pass a bytes object as it is: cffi then
+ * hands over a pointer to the object's own storage, no copy (checked by the
+ * tests through ur_address_of).  The caller keeps the object alive until the
+ * completion. */
+int ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
                  int flags, uint64_t ud)
 {
     struct io_uring_sqe *sqe;
@@ -506,6 +511,11 @@ int ur_prep_recvmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
     io_uring_prep_recvmsg(sqe, fd, (struct msghdr *)msghdr, flags);
     ur_tag(r, sqe, ud);
     return 0;
+}
+
+uintptr_t ur_address_of(const char *p)
+{
+    return (uintptr_t)p;
 }
 
 size_t ur_msghdr_size(void)

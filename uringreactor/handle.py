@@ -119,6 +119,7 @@ class CompletionIO:
     # A cancelled multishot receive may still complete with data; nothing is
     # re-armed until its final completion, so data cannot reorder.
     _recvDraining = False
+    _takeBuffer: Any = None
 
     # Writing state.
     _writing = False
@@ -180,6 +181,7 @@ class CompletionIO:
         except AttributeError:
             return
         if bufferRing is not None:
+            self._takeBuffer = bufferRing.take
             ud = ring.newOp(KIND_RECV, self._recvMultishotDone)
             rc = _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
         else:
@@ -216,14 +218,29 @@ class CompletionIO:
         """
         Completion of a multishot receive into the reactor's buffer ring.
         """
+        if res > 0 and self._reading:
+            # The common case, kept short: data for a reading transport.
+            data = self._takeBuffer(flags >> BUFFER_SHIFT, res)
+            logContexts = self.reactor._logContexts
+            stack = logContexts.stack
+            if stack is None:
+                logContexts.call(self, self._deliverInContext, data)
+            else:
+                stack.append(logContexts.entryFor(self))
+                try:
+                    self._deliverInContext(data)
+                finally:
+                    stack.pop()
+            if flags & F_MORE:
+                return
+            self._recvOp = 0
+            if self._reading and not self.disconnected and self._held is None:
+                self._armRecv()
+            return
         if not flags & F_MORE:
             self._recvOp = 0
         if res > 0:
-            data = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
-            if self._reading:
-                self._deliver(data)
-            else:
-                self._hold(data)
+            self._hold(self._takeBuffer(flags >> BUFFER_SHIFT, res))
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         if res <= 0 and res != -errno.ENOBUFS and res != _EAGAIN:
@@ -247,7 +264,7 @@ class CompletionIO:
         paused: keep its data for when reading resumes.
         """
         if res > 0:
-            self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
+            self._hold(self._takeBuffer(flags >> BUFFER_SHIFT, res))
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         if flags & F_MORE:
@@ -293,14 +310,16 @@ class CompletionIO:
             self._heldEnd = why
 
     def _readEndedWith(self, why: Exception) -> None:
-        log.callWithLogger(self, self.reactor._disconnectSelectable, self, why, True)
+        self.reactor._logContexts.call(
+            self, self.reactor._disconnectSelectable, self, why, True
+        )
 
     def _deliver(self, data: bytes) -> None:
         """
         Hand C{data} to the protocol within its logging context; an exception
         from the protocol disconnects it, as on epoll.
         """
-        log.callWithLogger(self, self._deliverInContext, data)
+        self.reactor._logContexts.call(self, self._deliverInContext, data)
 
     def _deliverInContext(self, data: bytes) -> None:
         try:
@@ -312,6 +331,31 @@ class CompletionIO:
             self.reactor._disconnectSelectable(self, why, True)
 
     # -- writing --------------------------------------------------------
+
+    # Set by Twisted's TLS mixin once startTLS has been called.
+    TLS = False
+
+    def write(self, data: bytes) -> None:
+        """
+        Buffer C{data} to be sent at the end of this iteration (see
+        L{ITransport.write}); C{FileDescriptor.write} without its detours.
+        """
+        if self.TLS or type(data) is not bytes:
+            # TLS, or a type check that must fail loudly: the general path.
+            super().write(data)  # type: ignore[misc]
+            return
+        if not self.connected or self._writeDisconnected or not data:
+            return
+        self._tempDataBuffer.append(data)
+        self._tempDataLen += len(data)
+        if self.producer is not None:
+            self._maybePauseProducer()  # type: ignore[attr-defined]
+        self._writing = True
+        if not self._flushQueued:
+            self._flushQueued = True
+            reactor = self.reactor
+            reactor._flushQueue.append(self)
+            reactor._handleWriters.add(self)
 
     def startWriting(self) -> None:
         """
@@ -383,9 +427,16 @@ class CompletionIO:
         fd = self.socket.fileno()
         ud = ring.newOp(KIND_SEND, self._sendDone)
         if len(pieces) == 1:
-            buf = _fromBuffer(pieces[0])
-            keep: Any = (pieces, buf)
-            rc = _prepSend(ring._ptr, fd, buf, length, _MSG_NOSIGNAL, ud)
+            piece = pieces[0]
+            if type(piece) is bytes:
+                # Passed as it is: the kernel reads the object's own storage,
+                # which stays put while `pieces` holds the object.
+                keep: Any = (pieces,)
+                rc = _prepSend(ring._ptr, fd, piece, length, _MSG_NOSIGNAL, ud)
+            else:
+                buf = _fromBuffer(piece)
+                keep = (pieces, buf)
+                rc = _prepSend(ring._ptr, fd, buf, length, _MSG_NOSIGNAL, ud)
         else:
             count = len(pieces)
             iov = ffi.new("struct iovec[]", count)
@@ -407,16 +458,31 @@ class CompletionIO:
         self._sendLength = length
 
     def _sendDone(self, res: int, flags: int) -> None:
-        pieces = self._sendKeep[0]
         length = self._sendLength
+        pieces = self._sendKeep[0]
         self._sendOp = 0
         self._sendKeep = None
         self._sendLength = 0
+        if res == length:
+            if self._leftover or self._tempDataBuffer:
+                self.startWriting()
+            elif (
+                self.producer is None
+                and not self.disconnecting
+                and not self._writeDisconnecting
+            ):
+                # Drained, and nobody waits for that: stop writing.
+                if self._writing:
+                    self._writing = False
+                    self.reactor._handleWriters.discard(self)
+            else:
+                self._drained()
+            return
         if res < 0:
             if res == _EAGAIN:
                 self._requeue(pieces, length)
                 return
-            log.callWithLogger(
+            self.reactor._logContexts.call(
                 self,
                 self.reactor._disconnectSelectable,
                 self,
@@ -424,13 +490,7 @@ class CompletionIO:
                 False,
             )
             return
-        if res < length:
-            self._requeue(self._remainder(pieces, res), length - res)
-            return
-        if self._leftover or self._tempDataBuffer:
-            self.startWriting()
-        else:
-            self._drained()
+        self._requeue(self._remainder(pieces, res), length - res)
 
     @staticmethod
     def _remainder(pieces: list[Any], sent: int) -> list[Any]:
@@ -460,7 +520,7 @@ class CompletionIO:
         Everything buffered has been sent: the end of
         C{FileDescriptor.doWrite}.
         """
-        log.callWithLogger(self, self._drainedInContext)
+        self.reactor._logContexts.call(self, self._drainedInContext)
 
     def _drainedInContext(self) -> None:
         try:

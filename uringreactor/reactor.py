@@ -39,6 +39,7 @@ from zope.interface import implementer
 from uringreactor import tcp
 from uringreactor._liburing import ffi, lib
 from uringreactor.features import Features
+from uringreactor.logcontext import LogContexts
 from uringreactor.ring import (
     BUFFER_SHIFT,
     F_BUFFER,
@@ -96,6 +97,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._handleReaders: set[Any] = set()
         self._handleWriters: set[Any] = set()
         self._flushQueue: list[Any] = []
+        self._logContexts = LogContexts()
         posixbase.PosixReactorBase.__init__(self)
 
     # -- IReactorFDSet ---------------------------------------------------
@@ -190,7 +192,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if res < 0:
             # The descriptor was closed or never valid.
             del table[selectable]
-            log.callWithLogger(
+            self._logContexts.call(
                 selectable,
                 self._disconnectSelectable,
                 selectable,
@@ -198,7 +200,9 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 isRead,
             )
             return
-        log.callWithLogger(selectable, self._doReadOrWrite, selectable, selectable, res)
+        self._logContexts.call(
+            selectable, self._doReadOrWrite, selectable, selectable, res
+        )
         if table.get(selectable) == 0:
             try:
                 table[selectable] = self._arm(selectable, isRead)
@@ -208,7 +212,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 del table[selectable]
                 if not isinstance(e, _NoDescriptor):
                     log.err(None, "Could not poll a descriptor again")
-                log.callWithLogger(
+                self._logContexts.call(
                     selectable,
                     self._disconnectSelectable,
                     selectable,
@@ -223,6 +227,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         Flush output, submit all prepared operations, wait for completions
         (at most C{timeout} seconds) and dispatch them.
         """
+        self._logContexts.refresh()
         queue = self._flushQueue
         if queue:
             self._flushQueue = []

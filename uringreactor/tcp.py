@@ -117,7 +117,7 @@ class Client(CompletionIO, tcp.Client):
         if res < 0:
             self.failIfNotConnected(error.getConnectError((-res, os.strerror(-res))))
         else:
-            log.callWithLogger(self, self.doConnect)
+            self.reactor._logContexts.call(self, self.doConnect)
 
     def _stopReadingAndWriting(self) -> None:
         if self._connectOp:
@@ -191,14 +191,14 @@ class Port(tcp.Port):
         if not flags & F_MORE:
             self._acceptOp = 0
         if res >= 0:
-            log.callWithLogger(self, self._newConnection, res)
+            self.reactor._logContexts.call(self, self._newConnection, res)
         elif -res in _ACCEPT_RETRY:
             pass
         elif -res in _ACCEPT_EXHAUSTED:
-            log.callWithLogger(self, self._exhausted, -res)
+            self.reactor._logContexts.call(self, self._exhausted, -res)
             return
         else:
-            log.callWithLogger(
+            self.reactor._logContexts.call(
                 self,
                 log.err,
                 OSError(-res, os.strerror(-res)),
