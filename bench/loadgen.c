@@ -70,7 +70,8 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
-static double cpu_of(int pid)
+/* CPU seconds used by process pid, in user mode (*user) and in total. */
+static double cpu_of(int pid, double *user)
 {
     char path[64], buf[1024];
     FILE *f;
@@ -92,6 +93,8 @@ static double cpu_of(int pid)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
                &utime, &stime) != 2)
         return -1;
+    if (user)
+        *user = (double)utime / sysconf(_SC_CLK_TCK);
     return (double)(utime + stime) / sysconf(_SC_CLK_TCK);
 }
 
@@ -145,6 +148,7 @@ int main(int argc, char **argv)
     unsigned char *rbuf;
     uint64_t t_start, t_measure = 0, t_end;
     double cpu_server0 = 0, cpu_server1 = 0, cpu_self0 = 0, cpu_self1 = 0;
+    double user_server0 = 0, user_server1 = 0;
     struct rlimit rl;
 
     if (argc != 9) {
@@ -230,7 +234,7 @@ int main(int argc, char **argv)
         if (!measuring && t >= t_start + (uint64_t)(warmup * 1e9)) {
             measuring = 1;
             t_measure = t;
-            cpu_server0 = cpu_of(server_pid);
+            cpu_server0 = cpu_of(server_pid, &user_server0);
             cpu_self0 = self_cpu();
         }
         if (t >= t_end)
@@ -311,7 +315,7 @@ int main(int argc, char **argv)
         uint64_t acc = 0;
         int b = 0, q;
         uint64_t verified = 0;
-        cpu_server1 = cpu_of(server_pid);
+        cpu_server1 = cpu_of(server_pid, &user_server1);
         cpu_self1 = self_cpu();
         for (q = 0; q < 4; q++) {
             uint64_t target = (uint64_t)(p[q] * hist_count);
@@ -329,14 +333,15 @@ int main(int argc, char **argv)
                "\"p50_us\": %.0f, \"p90_us\": %.0f, \"p99_us\": %.0f, "
                "\"p999_us\": %.0f, \"errors\": %llu, "
                "\"verify_failures\": %llu, \"verified_bytes\": %llu, "
-               "\"server_cpu_s\": %.3f, \"loadgen_cpu_s\": %.3f}\n",
+               "\"server_cpu_s\": %.3f, \"server_user_s\": %.3f, "
+               "\"loadgen_cpu_s\": %.3f}\n",
                nconns, msg_size, depth, elapsed,
                (unsigned long long)requests, (unsigned long long)total_requests,
                requests / elapsed, pv[0], pv[1],
                pv[2], pv[3], (unsigned long long)errors,
                (unsigned long long)verify_failures,
                (unsigned long long)verified, cpu_server1 - cpu_server0,
-               cpu_self1 - cpu_self0);
+               user_server1 - user_server0, cpu_self1 - cpu_self0);
     }
     return verify_failures ? 3 : 0;
 }

@@ -285,6 +285,4 @@ def test_bytesReachTheKernelWithoutACopy() -> None:
     from uringreactor._liburing import ffi, lib
 
     data = os.urandom(4096)
-    assert lib.ur_address_of(data) == int(
-        ffi.cast("uintptr_t", ffi.from_buffer(data))
-    )
+    assert lib.ur_address_of(data) == int(ffi.cast("uintptr_t", ffi.from_buffer(data)))
