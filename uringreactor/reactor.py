@@ -244,6 +244,14 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._ring.enter(timeout)
         self._ring.dispatch()
 
+    def mainLoop(self) -> None:
+        try:
+            super().mainLoop()
+        finally:
+            # Shutdown disconnected everything: let the cancellations and
+            # closes that caused reach the kernel before run() returns.
+            self._ring.settle(0.5)
+
     def _recycleLate(self, res: int, flags: int) -> None:
         """
         Give back the provided buffer carried by a late completion.

@@ -38,6 +38,7 @@ import itertools
 import os
 import socket
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -83,13 +84,16 @@ class _Cancelled:
         arrives, to release what it carries; or L{None}.
     """
 
-    __slots__ = ("keep", "late")
+    __slots__ = ("keep", "late", "ring")
 
-    def __init__(self, keep: object, late: Handler | None) -> None:
+    def __init__(self, ring: Ring, keep: object, late: Handler | None) -> None:
+        self.ring = ring
         self.keep = keep
         self.late = late
 
     def __call__(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self.ring._cancelling -= 1
         if self.late is not None:
             self.late(res, flags)
 
@@ -180,6 +184,10 @@ class Ring:
         self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
         self._cqeView = memoryview(ffi.buffer(self._cqes))
         self._pendingCloses: list[socket.socket | int] = []
+        # Cancelled operations whose final completion has not arrived yet.
+        self._cancelling = 0
+        # Completions reaped while settling, for their owners' next dispatch.
+        self._deferred: list[tuple[int, int, int]] = []
         self._started = False
         self._bufferRings: list[Any] = []
         self._finalizer = weakref.finalize(
@@ -294,7 +302,8 @@ class Ring:
         ops = self.ops
         if ud not in ops:
             return False
-        ops[ud] = _Cancelled(keep, late)
+        ops[ud] = _Cancelled(self, keep, late)
+        self._cancelling += 1
         self._check(lib.ur_prep_cancel(self._ptr, ud, _INTERNAL_UD))
         return True
 
@@ -385,6 +394,9 @@ class Ring:
         ops = self.ops
         unpack = _CQE.iter_unpack
         total = 0
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            total += self._deliver(deferred)
         while True:
             n = reap(ptr, cqes, _REAP_BATCH)
             if not n:
@@ -404,6 +416,57 @@ class Ring:
             if n < _REAP_BATCH:
                 break
         return total
+
+    def _deliver(self, completions: list[tuple[int, int, int]]) -> int:
+        ops = self.ops
+        for ud, res, flags in completions:
+            handler = ops.get(ud) if flags & F_MORE else ops.pop(ud, None)
+            if handler is not None:
+                try:
+                    handler(res, flags)
+                except BaseException:
+                    _log.failure("Unhandled error in io_uring completion handler")
+        return len(completions)
+
+    def settle(self, timeout: float) -> None:
+        """
+        Hand everything prepared to the kernel, close the sockets waiting for
+        that, and wait (at most C{timeout} seconds) for the final completions
+        of cancelled operations, so that a stopped reactor leaves nothing in
+        flight but what is still in use.  Completions of live operations
+        reaped meanwhile are kept, in order, for the next L{dispatch}: nothing
+        reaches a protocol while the reactor is not running.
+        """
+        if self.closed:
+            return
+        if not self._started:
+            self._start()
+        deadline = time.monotonic() + timeout
+        ptr = self._ptr
+        while True:
+            rc = lib.ur_enter(ptr, 0 if not self._cancelling else 1, 1000000)
+            self._closePending()
+            if rc < 0 and rc not in (
+                -errno.ETIME,
+                -errno.EINTR,
+                -errno.EBUSY,
+                -errno.EAGAIN,
+            ):
+                raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
+            while True:
+                n = lib.ur_reap(ptr, self._cqes, _REAP_BATCH)
+                for ud, res, flags in _CQE.iter_unpack(self._cqeView[: n * 16]):
+                    handler = self.ops.get(ud)
+                    if handler.__class__ is _Cancelled:
+                        if not flags & F_MORE:
+                            del self.ops[ud]
+                        handler(res, flags)  # type: ignore[misc]
+                    elif handler is not None:
+                        self._deferred.append((ud, res, flags))
+                if n < _REAP_BATCH:
+                    break
+            if not self._cancelling or time.monotonic() >= deadline:
+                return
 
     # -- introspection --------------------------------------------------
 
