@@ -94,7 +94,16 @@ def runPlain(name: str, port: int) -> None:
     print(json.dumps({"counters": None}), flush=True)
 
 
+def _raiseFileLimit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main() -> None:
+    _raiseFileLimit()
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
     parser.add_argument("--port", type=int, default=0)

@@ -10,6 +10,10 @@
  * that depends on the connection and the offset in its stream), so a
  * server that drops, duplicates or reorders data is caught.
  *
+ * With DEPTH 0 it measures memory instead: it reads the server's resident
+ * set size, opens the connections, echoes one message on each, holds them
+ * idle for SECONDS seconds and reads the resident set size again.
+ *
  * After WARMUP_S seconds it measures for SECONDS seconds: requests
  * completed, latency percentiles (time from sending a message to receiving
  * its last byte), its own CPU time and the server's (read from
@@ -108,6 +112,31 @@ static double self_cpu(void)
 
 static unsigned char *sendbuf; /* scratch for building messages */
 
+/* Resident set size of process pid, in KiB. */
+static long rss_of(int pid)
+{
+    char path[64], line[256];
+    FILE *f;
+    long kb = -1;
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
 static int flush_out(struct conn *c)
 {
     while (c->sent < c->queued) {
@@ -165,7 +194,7 @@ int main(int argc, char **argv)
     warmup = atof(argv[6]);
     seconds = atof(argv[7]);
     server_pid = atoi(argv[8]);
-    if (nconns <= 0 || msg_size == 0 || depth == 0) {
+    if (nconns <= 0 || msg_size == 0) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
@@ -184,8 +213,39 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    long rss_before = 0;
+    int idle = depth == 0;
     sendbuf = malloc(65536);
     rbuf = malloc(262144);
+    if (idle) {
+        /* Warm the server up first (its allocator, any buffer pool it
+         * keeps): 100 connections, 32 echoes each, then closed.  What
+         * remains is the cost of the idle connections alone. */
+        int w, k;
+        depth = 1;
+        for (w = 0; w < 100; w++) {
+            int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+            if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+                perror("warm-up connect");
+                return 1;
+            }
+            for (k = 0; k < 32; k++) {
+                size_t got = 0;
+                memset(sendbuf, k, msg_size);
+                if (send(fd, sendbuf, msg_size, MSG_NOSIGNAL) < 0)
+                    break;
+                while (got < msg_size) {
+                    ssize_t r = recv(fd, rbuf, msg_size - got, 0);
+                    if (r <= 0)
+                        break;
+                    got += r;
+                }
+            }
+            close(fd);
+        }
+        sleep_s(0.5);
+        rss_before = rss_of(server_pid);
+    }
     conns = calloc(nconns, sizeof(*conns));
     events = calloc(1024, sizeof(*events));
     epfd = epoll_create1(0);
@@ -212,6 +272,48 @@ int main(int argc, char **argv)
         ev.events = EPOLLIN;
         ev.data.ptr = c;
         epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+
+    if (idle) {
+        /* One echo per connection, blocking, then hold them all idle. */
+        long rss_after;
+        uint64_t echoed = 0;
+        for (i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            queue_message(c, now_ns());
+            while (flush_out(c) > 0)
+                sleep_s(0.001);
+        }
+        for (i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            while (c->received < msg_size) {
+                ssize_t r = recv(c->fd, rbuf, msg_size - c->received, 0);
+                if (r > 0) {
+                    ssize_t j;
+                    for (j = 0; j < r; j++)
+                        if (rbuf[j] != pattern(c->id, c->received + j))
+                            verify_failures++;
+                    c->received += r;
+                } else if (r < 0 && errno == EAGAIN) {
+                    sleep_s(0.0005);
+                } else {
+                    errors++;
+                    break;
+                }
+            }
+            echoed += c->received;
+        }
+        sleep_s(seconds);
+        rss_after = rss_of(server_pid);
+        printf("{\"connections\": %d, \"idle\": true, \"server_rss_before_kib\": "
+               "%ld, \"server_rss_after_kib\": %ld, \"bytes_per_connection\": "
+               "%.0f, \"errors\": %llu, \"verify_failures\": %llu, "
+               "\"verified_bytes\": %llu}\n",
+               nconns, rss_before, rss_after,
+               (rss_after - rss_before) * 1024.0 / nconns,
+               (unsigned long long)errors, (unsigned long long)verify_failures,
+               (unsigned long long)echoed);
+        return verify_failures || errors ? 3 : 0;
     }
 
     t_start = now_ns();

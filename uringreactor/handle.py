@@ -109,6 +109,9 @@ class CompletionIO:
     _writeDisconnecting: bool
     _writeDisconnected: bool
 
+    # The socket's descriptor, once looked up.
+    _fd = -1
+
     # Reading state.
     _reading = False
     _recvOp = 0
@@ -119,7 +122,9 @@ class CompletionIO:
     # A cancelled multishot receive may still complete with data; nothing is
     # re-armed until its final completion, so data cannot reorder.
     _recvDraining = False
-    _takeBuffer: Any = None
+
+    # Whether the reactor lists this transport (see IOUringReactor._handles).
+    _registered = False
 
     # Writing state.
     _writing = False
@@ -141,7 +146,9 @@ class CompletionIO:
             return
         self._reading = True
         reactor = self.reactor
-        reactor._handleReaders.add(self)
+        if not self._registered:
+            self._registered = True
+            reactor._handles.add(self)
         if self._recvDraining:
             return
         if self._held is not None or self._heldEnd is not None:
@@ -160,7 +167,6 @@ class CompletionIO:
         if not self._reading:
             return
         self._reading = False
-        self.reactor._handleReaders.discard(self)
         if self._deliverCall is not None:
             self._deliverCall.cancel()
             self._deliverCall = None
@@ -176,12 +182,13 @@ class CompletionIO:
         reactor = self.reactor
         ring = reactor._ring
         bufferRing = reactor._bufferRing
-        try:
-            fd = self.socket.fileno()
-        except AttributeError:
-            return
+        fd = self._fd
+        if fd < 0:
+            try:
+                fd = self._fd = self.socket.fileno()
+            except AttributeError:
+                return
         if bufferRing is not None:
-            self._takeBuffer = bufferRing.take
             ud = ring.newOp(KIND_RECV, self._recvMultishotDone)
             rc = _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
         else:
@@ -219,16 +226,25 @@ class CompletionIO:
         Completion of a multishot receive into the reactor's buffer ring.
         """
         if res > 0 and self._reading:
-            # The common case, kept short: data for a reading transport.
-            data = self._takeBuffer(flags >> BUFFER_SHIFT, res)
-            logContexts = self.reactor._logContexts
+            # The common case, kept short (this runs once per read): data
+            # for a reading transport, delivered within the protocol's log
+            # context (LogContexts.call, inlined).
+            reactor = self.reactor
+            data = reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
+            logContexts = reactor._logContexts
             stack = logContexts.stack
             if stack is None:
                 logContexts.call(self, self._deliverInContext, data)
             else:
                 stack.append(logContexts.entryFor(self))
                 try:
-                    self._deliverInContext(data)
+                    try:
+                        why = self._dataReceived(data)  # type: ignore[attr-defined]
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        reactor._disconnectSelectable(self, why, True)
                 finally:
                     stack.pop()
             if flags & F_MORE:
@@ -240,7 +256,7 @@ class CompletionIO:
         if not flags & F_MORE:
             self._recvOp = 0
         if res > 0:
-            self._hold(self._takeBuffer(flags >> BUFFER_SHIFT, res))
+            self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         if res <= 0 and res != -errno.ENOBUFS and res != _EAGAIN:
@@ -264,7 +280,7 @@ class CompletionIO:
         paused: keep its data for when reading resumes.
         """
         if res > 0:
-            self._hold(self._takeBuffer(flags >> BUFFER_SHIFT, res))
+            self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         if flags & F_MORE:
@@ -353,9 +369,10 @@ class CompletionIO:
         self._writing = True
         if not self._flushQueued:
             self._flushQueued = True
-            reactor = self.reactor
-            reactor._flushQueue.append(self)
-            reactor._handleWriters.add(self)
+            self.reactor._flushQueue.append(self)
+            if not self._registered:
+                self._registered = True
+                self.reactor._handles.add(self)
 
     def startWriting(self) -> None:
         """
@@ -366,15 +383,15 @@ class CompletionIO:
             self._flushQueued = True
             reactor = self.reactor
             reactor._flushQueue.append(self)
-            reactor._handleWriters.add(self)
+            if not self._registered:
+                self._registered = True
+                reactor._handles.add(self)
 
     def stopWriting(self) -> None:
         """
         Stop sending buffered output.
         """
-        if self._writing:
-            self._writing = False
-            self.reactor._handleWriters.discard(self)
+        self._writing = False
 
     def _isSendBufferFull(self) -> bool:
         return (
@@ -424,8 +441,12 @@ class CompletionIO:
 
     def _send(self, pieces: list[Any], length: int) -> None:
         ring = self.reactor._ring
-        fd = self.socket.fileno()
-        ud = ring.newOp(KIND_SEND, self._sendDone)
+        fd = self._fd
+        if fd < 0:
+            fd = self._fd = self.socket.fileno()
+        # Ring.newOp, inlined: this runs once per send.
+        ud = next(ring._ids) | KIND_SEND
+        ring.ops[ud] = self._sendDone
         if len(pieces) == 1:
             piece = pieces[0]
             if type(piece) is bytes:
@@ -472,9 +493,7 @@ class CompletionIO:
                 and not self._writeDisconnecting
             ):
                 # Drained, and nobody waits for that: stop writing.
-                if self._writing:
-                    self._writing = False
-                    self.reactor._handleWriters.discard(self)
+                self._writing = False
             else:
                 self._drained()
             return
@@ -555,6 +574,9 @@ class CompletionIO:
         """
         reactor = self.reactor
         ring = reactor._ring
+        if self._registered:
+            self._registered = False
+            reactor._handles.discard(self)
         if self._recvOp:
             late = reactor._recycleLate if reactor._bufferRing is not None else None
             ring.cancel(self._recvOp, keep=self._recvBuffer, late=late)

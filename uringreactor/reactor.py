@@ -69,9 +69,10 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     @ivar _reads: maps each readiness-based reader to the C{user_data} of its
         armed poll (0 while its C{doRead} runs).
     @ivar _writes: the same for writers.
-    @ivar _handleReaders: completion-based transports and ports that are
-        reading (or accepting).
-    @ivar _handleWriters: completion-based transports with output pending.
+    @ivar _handles: completion-based transports and ports that are alive;
+        each says whether it is reading (or accepting) and whether it has
+        output pending, for C{getReaders}/C{getWriters}.  Kept this way so
+        that a request does not cost set operations.
     @ivar _flushQueue: completion-based transports to flush before the next
         submission.
     """
@@ -94,8 +95,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 self._ring.features.discard("buf_ring")
         self._reads: dict[Any, int] = {}
         self._writes: dict[Any, int] = {}
-        self._handleReaders: set[Any] = set()
-        self._handleWriters: set[Any] = set()
+        self._handles: set[Any] = set()
         self._flushQueue: list[Any] = []
         self._logContexts = LogContexts()
         posixbase.PosixReactorBase.__init__(self)
@@ -150,15 +150,15 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         them.
         """
         return self._removeAll(
-            list(self._reads) + list(self._handleReaders),
-            list(self._writes) + list(self._handleWriters),
+            list(self._reads) + [h for h in self._handles if h._reading],
+            list(self._writes) + [h for h in self._handles if h._writing],
         )
 
     def getReaders(self) -> list[Any]:
-        return list(self._reads) + list(self._handleReaders)
+        return list(self._reads) + [h for h in self._handles if h._reading]
 
     def getWriters(self) -> list[Any]:
-        return list(self._writes) + list(self._handleWriters)
+        return list(self._writes) + [h for h in self._handles if h._writing]
 
     def _arm(self, selectable: Any, isRead: bool) -> int:
         """

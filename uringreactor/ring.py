@@ -393,6 +393,7 @@ class Ring:
         view = self._cqeView
         ops = self.ops
         unpack = _CQE.iter_unpack
+        more = F_MORE
         total = 0
         if self._deferred:
             deferred, self._deferred = self._deferred, []
@@ -403,7 +404,7 @@ class Ring:
                 break
             total += n
             for ud, res, flags in unpack(view[: n * 16]):
-                if flags & F_MORE:
+                if flags & more:
                     handler = ops.get(ud)
                 else:
                     handler = ops.pop(ud, None)

@@ -137,24 +137,26 @@ class Port(tcp.Port):
 
     transport = Server
     _acceptOp = 0
-    _accepting = False
+    # Accepting, for the reactor's getReaders(); a port never writes.
+    _reading = False
+    _writing = False
     _retryCall: Any = None
     _uringHandle = True
     _logger = Logger()
 
     def startReading(self) -> None:
-        if self._accepting:
+        if self._reading:
             return
-        self._accepting = True
-        self.reactor._handleReaders.add(self)
+        self._reading = True
+        self.reactor._handles.add(self)
         if not self._acceptOp:
             self._armAccept()
 
     def stopReading(self) -> None:
-        if not self._accepting:
+        if not self._reading:
             return
-        self._accepting = False
-        self.reactor._handleReaders.discard(self)
+        self._reading = False
+        self.reactor._handles.discard(self)
         if self._retryCall is not None:
             self._retryCall.cancel()
             self._retryCall = None
@@ -205,7 +207,7 @@ class Port(tcp.Port):
                 "Could not accept new connection",
             )
             return
-        if not self._acceptOp and self._accepting:
+        if not self._acceptOp and self._reading:
             self._armAccept()
 
     def _exhausted(self, err: int) -> None:
@@ -229,14 +231,14 @@ class Port(tcp.Port):
                         "EMFILE recovery: Closed socket from {address}",
                         address=address,
                     )
-        if self._accepting and not self._acceptOp and self._retryCall is None:
+        if self._reading and not self._acceptOp and self._retryCall is None:
             self._retryCall = self.reactor.callLater(
                 ACCEPT_RETRY_DELAY, self._retryAccept
             )
 
     def _retryAccept(self) -> None:
         self._retryCall = None
-        if self._accepting and not self._acceptOp:
+        if self._reading and not self._acceptOp:
             self._armAccept()
 
     def _newConnection(self, fd: int) -> None:
