@@ -10,6 +10,10 @@
 ARG BASE=debian:bookworm
 FROM ${BASE}
 
+# Optional: a CA bundle for pip, for networks that intercept TLS (mount it
+# into the build and pass its path).  Empty means the image's own CAs.
+ARG PIP_CERT=""
+
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHON=/usr/bin/python3 \
     URINGREACTOR_VENV=/opt/uringreactor-venv \
@@ -24,6 +28,7 @@ RUN apt-get update -q \
 WORKDIR /src
 COPY . /src
 RUN rm -rf /src/.venv /src/build \
+    && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
     && ./scripts/setup.sh
 
 CMD ["./tests/run"]

@@ -1,17 +1,22 @@
 """
-Side-by-side echo benchmark: the io_uring reactor against the epoll reactor
-(and optionally others), in one session, rounds interleaved.
+Side-by-side benchmark: the io_uring reactor against the epoll reactor (and
+others), in one session, rounds interleaved.
 
     python bench/compare.py [--quick] [--reactors iouring,epoll,...]
-                            [--rounds N] [--seconds S] [--json PATH]
+                            [--rounds N] [--seconds S] [--save]
 
-Each measurement starts a fresh echo server (bench/echo_server.py) pinned to
-CPU 0 and the native load generator (bench/loadgen.c) pinned to CPU 1.  The
-load generator verifies every echoed byte, and reads the server's CPU time
-over exactly its measurement window.  Rounds interleave the servers (A B A
-B ...) so drift in the machine's speed hits all of them alike; the table
-shows medians, the spread (min-max of requests/s), server CPU per request,
-latency percentiles, and ratios to epoll.
+Each measurement starts a fresh server (bench/server.py) pinned to CPU 0 and
+a load generator pinned to CPU 1: for echo scenarios the native
+bench/loadgen.c, which verifies every echoed byte and reads the server's CPU
+time over exactly its measurement window; for twisted.web, wrk.  Rounds
+interleave the servers (A B C A B C ...) so drift in the machine's speed hits
+all of them alike; the table shows medians, the spread (min-max of
+requests/s), server CPU per request, latency percentiles, the load
+generator's own CPU use, and ratios to epoll.  The idle scenario holds
+10,000 connections and reports the server's resident memory per connection.
+
+Without --save the results go to build/bench/; with it, to bench/results/
+as JSON, a text table and a PNG chart named after the date and kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import argparse
 import json
 import os
 import platform
+import re
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +47,7 @@ class Scenario:
     connections: int
     size: int
     depth: int
+    kind: str = "echo"  # echo, idle (memory) or web (wrk)
 
 
 QUICK = [
@@ -50,10 +59,26 @@ FULL = [
     Scenario("1 conn, 64 B (latency)", 1, 64, 1),
     Scenario("64 conns, 64 B", 64, 64, 1),
     Scenario("1000 conns, 64 B", 1000, 64, 1),
+    Scenario("10000 conns, 64 B", 10000, 64, 1),
     Scenario("64 conns, 4 KiB x4 pipelined", 64, 4096, 4),
     Scenario("16 conns, 64 KiB", 16, 65536, 1),
-    Scenario("10000 conns, 64 B", 10000, 64, 1),
+    Scenario("twisted.web, wrk 64 conns", 64, 0, 1, "web"),
+    Scenario("10000 idle conns (memory)", 10000, 64, 0, "idle"),
 ]
+
+FULL_REACTORS = "iouring,epoll,poll,uvloop,uvloop-plain"
+
+
+def available(reactor: str) -> bool:
+    """
+    Whether the packages a reactor needs are installed.
+    """
+    if reactor.startswith("uvloop"):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return False
+    return True
 
 
 def buildLoadgen() -> Path:
@@ -78,63 +103,143 @@ def _pin(cpu: int) -> Any:
     return preexec
 
 
+def _startServer(reactor: str, app: str) -> tuple[subprocess.Popen[str], int]:
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "server.py"), reactor, "--app", app],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_pin(0),
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if not line.startswith("PORT"):
+        err = server.stderr.read() if server.stderr else ""
+        server.kill()
+        raise RuntimeError(f"{reactor} server did not start: {line}{err}")
+    return server, int(line.split()[1])
+
+
+def _stopServer(server: subprocess.Popen[str]) -> dict[str, Any] | None:
+    server.terminate()
+    try:
+        out, _ = server.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        out, _ = server.communicate()
+    counters = None
+    for line in out.splitlines():
+        if line.startswith("{"):
+            counters = json.loads(line).get("counters")
+    return counters
+
+
+def _cpuSeconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(
+    port: int, scenario: Scenario, warmup: float, seconds: float, pid: int
+) -> dict[str, Any]:
+    """
+    twisted.web under wrk: a warm-up run, then the measured run, with the
+    server's CPU time read around it.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    url = f"http://127.0.0.1:{port}/"
+    base = [wrk, "-t1", f"-c{scenario.connections}", "--latency"]
+    subprocess.run(
+        base + [f"-d{max(warmup, 1):g}s", url], capture_output=True, preexec_fn=_pin(1)
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = _cpuSeconds(pid)
+    result = subprocess.run(
+        base + [f"-d{seconds:g}s", url],
+        capture_output=True,
+        text=True,
+        preexec_fn=_pin(1),
+    )
+    cpu1 = _cpuSeconds(pid)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = result.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if m:
+        errors += sum(int(g) for g in m.groups())
+
+    def percentile(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        value = float(m.group(1))
+        return value * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
+
+    lgCpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "connections": scenario.connections,
+        "seconds": seconds,
+        "requests": total,
+        "rps": rps,
+        "p50_us": percentile("50"),
+        "p99_us": percentile("99"),
+        "errors": errors,
+        "verify_failures": 0,
+        "server_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_s": lgCpu,
+    }
+
+
 def measure(
     loadgen: Path, reactor: str, scenario: Scenario, warmup: float, seconds: float
 ) -> dict[str, Any]:
     """
     One measurement: a fresh server, one load generator run.
     """
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_server.py"), reactor],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_pin(0),
-    )
+    server, port = _startServer(reactor, "web" if scenario.kind == "web" else "echo")
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if not line.startswith("PORT"):
-            err = server.stderr.read() if server.stderr else ""
-            raise RuntimeError(f"{reactor} server did not start: {line}{err}")
-        port = int(line.split()[1])
-        result = subprocess.run(
-            [
-                str(loadgen),
-                "127.0.0.1",
-                str(port),
-                str(scenario.connections),
-                str(scenario.size),
-                str(scenario.depth),
-                str(warmup),
-                str(seconds),
-                str(server.pid),
-            ],
-            capture_output=True,
-            text=True,
-            preexec_fn=_pin(1),
-            timeout=warmup + seconds + 120,
-        )
-        if result.returncode != 0 or not result.stdout.strip():
-            raise RuntimeError(
-                f"loadgen failed against {reactor} ({result.returncode}): "
-                f"{result.stdout}{result.stderr}"
+        if scenario.kind == "web":
+            data = _wrk(port, scenario, warmup, seconds, server.pid)
+        else:
+            result = subprocess.run(
+                [
+                    str(loadgen),
+                    "127.0.0.1",
+                    str(port),
+                    str(scenario.connections),
+                    str(scenario.size),
+                    str(scenario.depth),
+                    str(warmup),
+                    str(min(seconds, 2) if scenario.kind == "idle" else seconds),
+                    str(server.pid),
+                ],
+                capture_output=True,
+                text=True,
+                preexec_fn=_pin(1),
+                timeout=warmup + seconds + 120,
             )
-        data: dict[str, Any] = json.loads(result.stdout)
+            if result.returncode != 0 or not result.stdout.strip():
+                raise RuntimeError(
+                    f"loadgen failed against {reactor} ({result.returncode}): "
+                    f"{result.stdout}{result.stderr}"
+                )
+            data = json.loads(result.stdout)
     finally:
-        server.terminate()
-        try:
-            out, _ = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            out, _ = server.communicate()
-    counters = None
-    for line in out.splitlines():
-        if line.startswith("{"):
-            counters = json.loads(line).get("counters")
+        counters = _stopServer(server)
     data["counters"] = counters
     data["reactor"] = reactor
     data["scenario"] = scenario.name
+    if scenario.kind == "idle":
+        return data
     requests = data["requests"]
     data["server_us_per_req"] = (
         data["server_cpu_s"] / requests * 1e6 if requests else float("nan")
@@ -148,7 +253,17 @@ def measure(
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    if runs[0].get("idle"):
+        per = [r["bytes_per_connection"] for r in runs]
+        return {
+            "idle": True,
+            "bytes_per_connection": statistics.median(per),
+            "bytes_min": min(per),
+            "bytes_max": max(per),
+            "errors": sum(r["errors"] + r["verify_failures"] for r in runs),
+        }
     rps = [r["rps"] for r in runs]
+    enters = [r["enters_per_req"] for r in runs if r.get("enters_per_req") is not None]
     return {
         "rps": statistics.median(rps),
         "rps_min": min(rps),
@@ -160,9 +275,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             r["loadgen_cpu_s"] / r["seconds"] for r in runs
         ),
         "errors": sum(r["errors"] + r["verify_failures"] for r in runs),
-        "enters_per_req": statistics.median(r.get("enters_per_req", 0) for r in runs)
-        if runs[0].get("enters_per_req") is not None
-        else None,
+        "enters_per_req": statistics.median(enters) if enters else None,
     }
 
 
@@ -171,7 +284,7 @@ def table(
 ) -> str:
     header = (
         f"{'scenario':30s} {'reactor':13s} {'req/s':>9s} {'spread':>15s} "
-        f"{'us/req':>7s} {'p50us':>6s} {'p99us':>6s} {'x epoll':>8s} "
+        f"{'us/req':>7s} {'p50us':>7s} {'p99us':>7s} {'x epoll':>8s} "
         f"{'cpu x':>6s} {'lg cpu':>6s} {'enters/req':>10s}"
     )
     lines = [header, "-" * len(header)]
@@ -181,21 +294,79 @@ def table(
             s = summary.get((sc.name, reactor))
             if s is None:
                 continue
+            flag = "" if s["errors"] == 0 else "  ERRORS!"
+            if s.get("idle"):
+                ratio = (
+                    s["bytes_per_connection"] / base["bytes_per_connection"]
+                    if base
+                    else float("nan")
+                )
+                lines.append(
+                    f"{sc.name:30s} {reactor:13s} {s['bytes_per_connection']:9.0f} "
+                    f"{'bytes/conn':>15s} {'':>7s} {'':>7s} {'':>7s} "
+                    f"{ratio:7.2f}x{flag}"
+                )
+                continue
             ratio = s["rps"] / base["rps"] if base else float("nan")
             cpuRatio = s["us_per_req"] / base["us_per_req"] if base else float("nan")
             spread = f"{s['rps_min'] / 1000:.1f}k-{s['rps_max'] / 1000:.1f}k"
             enters = (
                 f"{s['enters_per_req']:.3f}" if s["enters_per_req"] is not None else "-"
             )
-            flag = "" if s["errors"] == 0 else "  ERRORS!"
             lines.append(
                 f"{sc.name:30s} {reactor:13s} {s['rps']:9.0f} {spread:>15s} "
-                f"{s['us_per_req']:7.2f} {s['p50_us']:6.0f} {s['p99_us']:6.0f} "
+                f"{s['us_per_req']:7.2f} {s['p50_us']:7.0f} {s['p99_us']:7.0f} "
                 f"{ratio:7.2f}x {cpuRatio:5.2f}x {s['loadgen_cpu'] * 100:5.0f}% "
                 f"{enters:>10s}{flag}"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def chart(
+    scenarios: list[Scenario],
+    reactors: list[str],
+    summary: dict[Any, Any],
+    path: Path,
+    title: str,
+) -> bool:
+    """
+    Requests/s relative to epoll and server CPU per request, by scenario,
+    one bar per reactor.  Returns False when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    loaded = [sc for sc in scenarios if sc.kind != "idle"]
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
+    width = 0.8 / max(len(reactors), 1)
+    for i, reactor in enumerate(reactors):
+        ratios, cpus = [], []
+        for sc in loaded:
+            s = summary.get((sc.name, reactor))
+            base = summary.get((sc.name, "epoll"))
+            ratios.append(s["rps"] / base["rps"] if s and base else 0)
+            cpus.append(s["us_per_req"] if s else 0)
+        xs = [x + i * width for x in range(len(loaded))]
+        axes[0].bar(xs, ratios, width, label=reactor)
+        axes[1].bar(xs, cpus, width, label=reactor)
+    axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[0].set_ylabel("requests/s relative to epoll")
+    axes[1].set_ylabel("server CPU per request (us)")
+    axes[1].set_xticks(
+        [x + width * (len(reactors) - 1) / 2 for x in range(len(loaded))]
+    )
+    axes[1].set_xticklabels([sc.name for sc in loaded], rotation=20, ha="right")
+    axes[0].legend(ncol=len(reactors))
+    axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def machine() -> dict[str, Any]:
@@ -221,18 +392,29 @@ def machine() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the short comparison")
-    parser.add_argument("--reactors", default="iouring,epoll")
+    parser.add_argument("--reactors", default=None)
+    parser.add_argument(
+        "--scenarios", default=None, help="scenario names, separated by semicolons"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--json", default=None, help="where to write results")
+    parser.add_argument("--save", action="store_true", help="write to bench/results/")
     args = parser.parse_args()
-    reactors = [r.strip() for r in args.reactors.split(",") if r.strip()]
+    default = "iouring,epoll" if args.quick else FULL_REACTORS
+    reactors = [r.strip() for r in (args.reactors or default).split(",") if r.strip()]
+    missing = [r for r in reactors if not available(r)]
+    if missing:
+        print(f"skipping {', '.join(missing)}: not installed")
+        reactors = [r for r in reactors if r not in missing]
     scenarios = QUICK if args.quick else FULL
+    if args.scenarios:
+        wanted = {w.strip() for w in args.scenarios.split(";")}
+        scenarios = [s for s in scenarios if s.name in wanted]
     loadgen = buildLoadgen()
     info = machine()
     print(
-        f"echo benchmark: {', '.join(reactors)}; {args.rounds} rounds of "
+        f"benchmark: {', '.join(reactors)}; {args.rounds} rounds of "
         f"{args.seconds:g}s (+{args.warmup:g}s warm-up); server on CPU 0, "
         f"load generator on CPU 1; kernel {info['kernel']}, Python "
         f"{info['python']}, Twisted {info['twisted']}",
@@ -242,22 +424,40 @@ def main() -> int:
     for sc in scenarios:
         for rnd in range(args.rounds):
             for reactor in reactors:
+                if sc.kind == "web" and reactor.endswith("-plain"):
+                    continue
                 r = measure(loadgen, reactor, sc, args.warmup, args.seconds)
                 runs.setdefault((sc.name, reactor), []).append(r)
+                if sc.kind == "idle":
+                    detail = f"{r['bytes_per_connection']:9.0f} bytes/conn"
+                else:
+                    detail = (
+                        f"{r['rps']:9.0f} req/s {r['server_us_per_req']:6.2f} us/req"
+                    )
                 print(
-                    f"  {sc.name:30s} round {rnd + 1} {reactor:13s} "
-                    f"{r['rps']:9.0f} req/s {r['server_us_per_req']:6.2f} us/req",
+                    f"  {sc.name:30s} round {rnd + 1} {reactor:13s} {detail}",
                     flush=True,
                 )
     summary = {key: summarize(value) for key, value in runs.items()}
+    text = table(scenarios, reactors, summary)
     print()
-    print(table(scenarios, reactors, summary))
-    out = Path(args.json) if args.json else BUILD / "bench" / "echo-latest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    print(text)
+    if args.save:
+        stem = time.strftime("%Y-%m-%d") + "-" + info["kernel"]
+        outDir = HERE / "results"
+    else:
+        stem = "latest"
+        outDir = BUILD / "bench"
+    outDir.mkdir(parents=True, exist_ok=True)
+    title = (
+        f"uringreactor vs epoll: kernel {info['kernel']}, Python {info['python']}, "
+        f"Twisted {info['twisted']}, {info.get('cpu', '?')}"
+    )
+    (outDir / f"{stem}.json").write_text(
         json.dumps(
             {
                 "machine": info,
+                "command": " ".join(sys.argv),
                 "scenarios": [asdict(s) for s in scenarios],
                 "summary": [
                     {"scenario": k[0], "reactor": k[1], **v} for k, v in summary.items()
@@ -267,7 +467,9 @@ def main() -> int:
             indent=1,
         )
     )
-    print(f"results: {out}")
+    (outDir / f"{stem}.txt").write_text(title + "\n\n" + text + "\n")
+    drew = chart(scenarios, reactors, summary, outDir / f"{stem}.png", title)
+    print(f"results: {outDir / stem}.json, .txt" + (", .png" if drew else ""))
     failed = any(s["errors"] for s in summary.values())
     return 1 if failed else 0
 

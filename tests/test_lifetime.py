@@ -263,13 +263,14 @@ def test_releasedReactorsGiveBackTheirRings() -> None:
 
     gc.collect()
     before = rings()
-    reactors = []
-    for _ in range(200):
+    for i in range(200):
         r = IOUringReactor()
         r.listenTCP(0, Factory(), interface="127.0.0.1")
-        reactors.append(r)
-    assert rings() == before + 200
-    del r, reactors
+        assert rings() >= 1
+        del r
+        if i % 20 == 19:
+            gc.collect()
+            assert rings() <= before
     gc.collect()
     assert rings() <= before
 

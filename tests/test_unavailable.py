@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -151,10 +152,52 @@ def test_sysctlCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sysctl -w kernel.io_uring_disabled=0" in message
 
 
-def test_memlockCauseNamed() -> None:
-    message = errors.explainSetupError(errno.ENOMEM).strerror
-    assert "RLIMIT_MEMLOCK" in message
-    assert "ulimit -l" in message
+def test_memlockExhaustionExplained() -> None:
+    """
+    A process without CAP_IPC_LOCK (as in most containers) whose
+    locked-memory limit is used up gets ENOMEM from io_uring_setup, and an
+    error that names the limit and how to raise it.  Rings of dropped
+    reactors are collected first, so they do not count.
+    """
+    if os.geteuid() != 0 or not shutil.which("capsh"):
+        pytest.skip("needs root and capsh to drop CAP_IPC_LOCK")
+    script = textwrap.dedent(
+        """
+        import gc, resource
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (1 << 20, 1 << 20))
+        from uringreactor.reactor import IOUringReactor
+        from uringreactor.errors import IOUringUnavailable
+        for _ in range(50):
+            IOUringReactor()      # dropped at once: collected on demand
+        print("DROPPED OK")
+        kept = []
+        try:
+            while True:
+                kept.append(IOUringReactor())
+        except IOUringUnavailable as e:
+            print("KEPT", len(kept))
+            print("MESSAGE", e.strerror)
+        """
+    )
+    result = subprocess.run(
+        [
+            "capsh",
+            "--drop=cap_ipc_lock",
+            "--",
+            "-c",
+            f'{sys.executable} -c "$0"',
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "DROPPED OK" in result.stdout, result.stdout + result.stderr
+    assert "KEPT" in result.stdout, result.stdout + result.stderr
+    message = result.stdout.split("MESSAGE", 1)[1]
+    assert "ENOMEM" in message
+    assert "RLIMIT_MEMLOCK, here 1024 KiB" in message
+    assert "--ulimit memlock=-1" in message
 
 
 def test_oldKernelCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,15 @@ def _disabledSysctl() -> str | None:
         return None
 
 
+def _memlockLimit() -> str:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY:
+        return "unlimited"
+    return f"{soft // 1024} KiB"
+
+
 def explainSetupError(err: int) -> IOUringUnavailable:
     """
     Build the error to raise when C{io_uring_setup} failed with C{err}.
@@ -93,12 +102,15 @@ def explainSetupError(err: int) -> IOUringUnavailable:
             fix = "use Linux 5.10 or newer"
     elif err == errno.ENOMEM:
         cause = (
-            "the kernel could not allocate the ring; before Linux 5.12 rings "
-            "count against RLIMIT_MEMLOCK, which is too small here"
+            "the kernel could not allocate the ring: ring memory counts "
+            "against the locked-memory limit (RLIMIT_MEMLOCK, here "
+            f"{_memlockLimit()}) of a process without CAP_IPC_LOCK, as in "
+            "most containers, and that limit is used up"
         )
         fix = (
-            "raise the locked-memory limit (ulimit -l, or --ulimit memlock=-1 "
-            "for containers), or use Linux 5.12 or newer"
+            "raise the locked-memory limit (ulimit -l unlimited; for "
+            "containers, docker/podman run --ulimit memlock=-1), or keep "
+            "fewer rings (reactors) alive at once"
         )
     elif err == errno.EMFILE or err == errno.ENFILE:
         cause = "the process or the system has run out of file descriptors"

@@ -109,9 +109,6 @@ class CompletionIO:
     _writeDisconnecting: bool
     _writeDisconnected: bool
 
-    # The socket's descriptor, once looked up.
-    _fd = -1
-
     # Reading state.
     _reading = False
     _recvOp = 0
@@ -182,14 +179,15 @@ class CompletionIO:
         reactor = self.reactor
         ring = reactor._ring
         bufferRing = reactor._bufferRing
-        fd = self._fd
-        if fd < 0:
-            try:
-                fd = self._fd = self.socket.fileno()
-            except AttributeError:
-                return
+        try:
+            fd = self.socket.fileno()
+        except AttributeError:
+            return
         if bufferRing is not None:
-            ud = ring.newOp(KIND_RECV, self._recvMultishotDone)
+            # The transport itself handles its multishot receive (see
+            # __call__): an idle connection then costs no bound-method
+            # object in the operation table.
+            ud = ring.newOp(KIND_RECV, self)
             rc = _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
         else:
             buf = self._recvBuffer
@@ -273,6 +271,8 @@ class CompletionIO:
             # it chose to): arm it again.  Data already delivered came from
             # completions that preceded this one, so nothing reorders.
             self._armRecv()
+
+    __call__ = _recvMultishotDone
 
     def _recvLate(self, res: int, flags: int) -> None:
         """
@@ -441,9 +441,7 @@ class CompletionIO:
 
     def _send(self, pieces: list[Any], length: int) -> None:
         ring = self.reactor._ring
-        fd = self._fd
-        if fd < 0:
-            fd = self._fd = self.socket.fileno()
+        fd = self.fileno()  # type: ignore[attr-defined]
         # Ring.newOp, inlined: this runs once per send.
         ud = next(ring._ids) | KIND_SEND
         ring.ops[ud] = self._sendDone

@@ -34,6 +34,7 @@ C{(user_data, res, flags)} records, then dispatched from Python.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import os
 import socket
@@ -168,7 +169,7 @@ class Ring:
 
     def __init__(
         self,
-        entries: int = 2048,
+        entries: int = 1024,
         completionEntries: int | None = None,
         features: Features | None = None,
     ) -> None:
@@ -177,6 +178,10 @@ class Ring:
         self.features = features
         self._ptr = ffi.new("struct ur_ring *")
         if completionEntries is None:
+            # Room for a burst of completions from many connections; beyond
+            # it the kernel keeps completions on its overflow list (never
+            # dropped), only more slowly.  About 200 KiB with 1024 entries,
+            # which counts against RLIMIT_MEMLOCK in most containers.
             completionEntries = entries * 8
         self._setUp(entries, completionEntries)
         self.ops: dict[int, Handler] = {}
@@ -227,8 +232,22 @@ class Ring:
             attempts.append(("submit_all", submitAll))
         attempts.append((None, 0))
         lastError = errno.EINVAL
+        collected = False
         for name, flags in attempts:
             rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
+            if rc == -errno.ENOMEM and not collected:
+                # Rings of reactors that are garbage but not yet collected
+                # still count against RLIMIT_MEMLOCK: collect them, then give
+                # the kernel, which tears rings down asynchronously, up to
+                # half a second to give their memory back.
+                collected = True
+                gc.collect()
+                deadline = time.monotonic() + 0.5
+                while True:
+                    rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
+                    if rc != -errno.ENOMEM or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
             if rc == 0:
                 self._setupFlags = flags
                 # Features of rejected attempts are off for this ring.

@@ -1,13 +1,18 @@
 """
-Echo server for the benchmarks, on a reactor chosen by name.
+Benchmark servers, on a reactor chosen by name.
 
-    python bench/echo_server.py REACTOR [--port N]
+    python bench/server.py REACTOR [--app echo|web] [--port N]
 
 REACTOR is one of: iouring, epoll, poll, asyncio (Twisted on asyncio),
 uvloop (Twisted on asyncio with uvloop), asyncio-plain and uvloop-plain (an
-asyncio echo server without Twisted, as a reference).  Prints C{PORT n} once
-listening, runs until SIGTERM or SIGINT, then prints one JSON line of
-counters (io_uring reactor only).
+asyncio server without Twisted, as a reference; echo only).
+
+The C{echo} app echoes every byte back.  The C{web} app is twisted.web
+serving a 13-byte "Hello, world!" with keep-alive, its access log turned off
+(the same on every reactor).
+
+Prints C{PORT n} once listening, runs until SIGTERM, then prints one JSON
+line of counters (io_uring reactor only).
 """
 
 from __future__ import annotations
@@ -48,17 +53,38 @@ def _installTwisted(name: str) -> None:
         raise SystemExit(f"unknown reactor {name!r}")
 
 
-def runTwisted(name: str, port: int) -> None:
-    _installTwisted(name)
-    from twisted.internet import reactor
+def _echoFactory() -> object:
     from twisted.internet.protocol import Factory, Protocol
 
     class Echo(Protocol):
         def dataReceived(self, data: bytes) -> None:
             self.transport.write(data)
 
+    return Factory.forProtocol(Echo)
+
+
+def _webFactory() -> object:
+    from twisted.web import resource, server
+
+    class Hello(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request: server.Request) -> bytes:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"Hello, world!"
+
+    site = server.Site(Hello())
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
+def runTwisted(name: str, app: str, port: int) -> None:
+    _installTwisted(name)
+    from twisted.internet import reactor
+
+    factory = _echoFactory() if app == "echo" else _webFactory()
     listening = reactor.listenTCP(  # type: ignore[attr-defined]
-        port, Factory.forProtocol(Echo), backlog=4096, interface="127.0.0.1"
+        port, factory, backlog=4096, interface="127.0.0.1"
     )
     print("PORT", listening.getHost().port, flush=True)
     reactor.run()  # type: ignore[attr-defined]
@@ -66,7 +92,9 @@ def runTwisted(name: str, port: int) -> None:
     print(json.dumps({"counters": counters() if counters else None}), flush=True)
 
 
-def runPlain(name: str, port: int) -> None:
+def runPlain(name: str, app: str, port: int) -> None:
+    if app != "echo":
+        raise SystemExit(f"{name} only serves the echo app")
     import asyncio
 
     if name == "uvloop-plain":
@@ -106,12 +134,13 @@ def main() -> None:
     _raiseFileLimit()
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
+    parser.add_argument("--app", choices=["echo", "web"], default="echo")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.reactor.endswith("-plain"):
-        runPlain(args.reactor, args.port)
+        runPlain(args.reactor, args.app, args.port)
     else:
-        runTwisted(args.reactor, args.port)
+        runTwisted(args.reactor, args.app, args.port)
 
 
 if __name__ == "__main__":
