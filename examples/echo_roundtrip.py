@@ -23,7 +23,7 @@ def main() -> int:
 
     installReactor(args.reactor)
 
-    from twisted.internet import defer, endpoints, protocol, reactor, task
+    from twisted.internet import defer, endpoints, protocol, task
 
     class Echo(protocol.Protocol):
         def dataReceived(self, data: bytes) -> None:

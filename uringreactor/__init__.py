@@ -68,7 +68,8 @@ def _install(fallback: str | None) -> Any:
 
         reactor = EPollReactor()
         warnings.warn(
-            f"uringreactor: falling back to the epoll reactor. {e.strerror}",
+            f"uringreactor: falling back to the epoll reactor, as asked "
+            f"({FALLBACK_ENV} or fallback='epoll'). {e.reason or e.strerror}",
             IOUringFallbackWarning,
             stacklevel=3,
         )

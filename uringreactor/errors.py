@@ -13,8 +13,11 @@ class IOUringUnavailable(OSError):
     io_uring could not be set up in this process.
 
     The message names the most likely cause and how to fix it.  C{errno}
-    holds the error the kernel gave to C{io_uring_setup}.
+    holds the error the kernel gave to C{io_uring_setup}; C{reason} is the
+    message without the hint about the epoll fallback.
     """
+
+    reason: str = ""
 
 
 def _kernelRelease() -> str:
@@ -123,6 +126,8 @@ def explainSetupError(err: int) -> IOUringUnavailable:
         fix = "check the kernel's io_uring support"
     message = (
         f"io_uring is unavailable: io_uring_setup failed with {name} "
-        f"({os.strerror(err)}). Cause: {cause}. Fix: {fix}.{fallbackHint}"
+        f"({os.strerror(err)}). Cause: {cause}. Fix: {fix}."
     )
-    return IOUringUnavailable(err, message)
+    error = IOUringUnavailable(err, message + fallbackHint)
+    error.reason = message
+    return error
