@@ -22,7 +22,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 RUN apt-get update -q \
     && apt-get install -y -q --no-install-recommends \
         ca-certificates python3 python3-venv python3-dev gcc libc6-dev \
-        pkg-config liburing-dev curl libseccomp2 procps git \
+        pkg-config liburing-dev curl libseccomp2 libcap2-bin procps git \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

@@ -17,7 +17,7 @@ if [ "$(uname -s)" != Linux ]; then
     exit 1
 fi
 
-packages=(liburing-dev gcc pkg-config python3-dev python3-venv curl libseccomp2)
+packages=(liburing-dev gcc pkg-config python3-dev python3-venv curl libseccomp2 libcap2-bin wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
