@@ -17,7 +17,7 @@ if [ "$(uname -s)" != Linux ]; then
     exit 1
 fi
 
-packages=(liburing-dev gcc pkg-config python3-dev python3-venv curl libseccomp2 libcap2-bin wrk)
+packages=(liburing-dev gcc pkg-config python3-dev python3-venv curl libseccomp2 libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -62,7 +62,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] \
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # compat mode: a plain .pth path entry, so that the twisted/plugins
     # dropin is visible to twistd and trial from any directory.
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" \
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]" \
         --config-settings editable_mode=compat
     echo "$digest" > "$stamp"
 fi

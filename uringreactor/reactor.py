@@ -83,13 +83,35 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
 
     _ffi = ffi
 
-    def __init__(self, features: Features | None = None) -> None:
-        self._ring = Ring(features=features)
+    def __init__(
+        self,
+        features: Features | None = None,
+        *,
+        ringEntries: int = 1024,
+        completionEntries: int | None = None,
+        bufferCount: int = BUFFER_COUNT,
+        bufferSize: int = BUFFER_SIZE,
+    ) -> None:
+        """
+        @param features: the optional io_uring features to use; by default
+            those the kernel has, less those named in
+            C{URINGREACTOR_DISABLE}.
+        @param ringEntries: submission queue size (a power of two).  More
+            operations than this in one iteration are submitted in several
+            batches.
+        @param completionEntries: completion queue size; by default 8 times
+            C{ringEntries}.  Completions beyond it wait in the kernel.
+        @param bufferCount: number of provided receive buffers shared by all
+            connections (a power of two); when all are in use, receives wait
+            for one to come back.
+        @param bufferSize: size of each provided receive buffer.
+        """
+        self._ring = Ring(ringEntries, completionEntries, features=features)
         self._bufferRing: BufferRing | None = None
         if "multishot_recv" in self._ring.features:
             try:
                 self._bufferRing = BufferRing(
-                    self._ring, BUFFER_COUNT, BUFFER_SIZE, BUFFER_GROUP
+                    self._ring, bufferCount, bufferSize, BUFFER_GROUP
                 )
             except OSError:
                 self._ring.features.discard("buf_ring")

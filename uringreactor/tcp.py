@@ -141,6 +141,7 @@ class Port(tcp.Port):
     _reading = False
     _writing = False
     _retryCall: Any = None
+    _exhaustedLogged = False
     _uringHandle = True
     _logger = Logger()
 
@@ -193,6 +194,7 @@ class Port(tcp.Port):
         if not flags & F_MORE:
             self._acceptOp = 0
         if res >= 0:
+            self._exhaustedLogged = False
             self.reactor._logContexts.call(self, self._newConnection, res)
         elif -res in _ACCEPT_RETRY:
             pass
@@ -215,12 +217,14 @@ class Port(tcp.Port):
         accept() ran out of descriptors or memory.  Close what is waiting in
         the backlog when a reserved descriptor lets us (as the epoll reactor
         does), so those clients are not left hanging, then try again a
-        little later.
+        little later.  Logged once per episode, not at every retry.
         """
-        self._logger.info(
-            "Could not accept new connection ({acceptError})",
-            acceptError=errno.errorcode[err],
-        )
+        if not self._exhaustedLogged:
+            self._exhaustedLogged = True
+            self._logger.info(
+                "Could not accept new connection ({acceptError})",
+                acceptError=errno.errorcode[err],
+            )
         if err == errno.EMFILE and tcp._reservedFD.available():
             with tcp._reservedFD:
                 for client, address in tcp._accept(
