@@ -549,6 +549,17 @@ class CompletionIO:
             self.reactor._disconnectSelectable(self, why, False)
 
     def _afterDrain(self) -> Any:
+        # epoll's doWrite sends (possibly empty) data before concluding, so a
+        # connection the peer has reset, or whose write side is already shut
+        # down, is lost rather than closed cleanly.  Probe the same way; this
+        # path runs only when a producer, a loseConnection or a
+        # loseWriteConnection waits for the buffer to drain.
+        try:
+            self.socket.send(b"", _MSG_NOSIGNAL)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return main.CONNECTION_LOST
         self.stopWriting()
         if self.producer is not None and (
             (not self.streamingProducer) or self.producerPaused
