@@ -59,7 +59,7 @@ digest=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/build_ffi.py" | sha2
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] \
         || ! "$VENV/bin/python" -c 'import uringreactor._liburing' 2>/dev/null; then
     echo "== installing uringreactor (editable) into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77"
     # compat mode: a plain .pth path entry, so that the twisted/plugins
     # dropin is visible to twistd and trial from any directory.
     "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]" \
