@@ -78,9 +78,54 @@ def _webFactory() -> object:
     return site
 
 
+def _stats(reactor: object) -> dict[str, int]:
+    """
+    Resident memory, open descriptors and (io_uring) operations in flight.
+    """
+    import os
+
+    rss = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    counters = getattr(reactor, "ioCounters", None)
+    return {
+        "rss": rss,
+        "fds": len(os.listdir("/proc/self/fd")),
+        "in_flight": counters()["in_flight"] if counters else -1,
+    }
+
+
 def runTwisted(name: str, app: str, port: int) -> None:
     _installTwisted(name)
     from twisted.internet import reactor
+
+    if app == "mixed":
+        # The soak: echo on PORT, web on the next line's port, and a line of
+        # statistics every second.
+        import time
+
+        from twisted.internet.task import LoopingCall
+
+        echo = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, _echoFactory(), backlog=4096, interface="127.0.0.1"
+        )
+        web = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, _webFactory(), backlog=4096, interface="127.0.0.1"
+        )
+        print("PORT", echo.getHost().port, flush=True)
+        print("WEBPORT", web.getHost().port, flush=True)
+        started = time.monotonic()
+
+        def report() -> None:
+            stats = _stats(reactor)
+            stats["t"] = round(time.monotonic() - started, 1)  # type: ignore[assignment]
+            print("STATS", json.dumps(stats), flush=True)
+
+        LoopingCall(report).start(1.0)
+        reactor.run()  # type: ignore[attr-defined]
+        return
 
     factory = _echoFactory() if app == "echo" else _webFactory()
     listening = reactor.listenTCP(  # type: ignore[attr-defined]
@@ -134,7 +179,7 @@ def main() -> None:
     _raiseFileLimit()
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
-    parser.add_argument("--app", choices=["echo", "web"], default="echo")
+    parser.add_argument("--app", choices=["echo", "web", "mixed"], default="echo")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.reactor.endswith("-plain"):
