@@ -167,13 +167,12 @@ class CompletionIO:
         if self._deliverCall is not None:
             self._deliverCall.cancel()
             self._deliverCall = None
-        if self._recvOp and self.reactor._bufferRing is not None:
-            # A multishot receive would go on filling buffers: cancel it,
-            # keeping whatever it still delivers for later.
-            ring = self.reactor._ring
-            ring.cancel(self._recvOp, late=self._recvLate)
-            self._recvOp = 0
-            self._recvDraining = True
+        # A multishot receive stays armed: protocols that pause while they
+        # work on a request (twisted.web does, for every request) usually
+        # resume before the peer sends more, and then nothing needs doing.
+        # Data that does arrive while paused is held and the receive is
+        # cancelled then (see _pausedData), so the kernel stops reading the
+        # socket and TCP pushes back on the peer.
 
     def _armRecv(self) -> None:
         reactor = self.reactor
@@ -255,6 +254,9 @@ class CompletionIO:
             self._recvOp = 0
         if res > 0:
             self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
+            if self._recvOp and not self._reading:
+                self._pausedData()
+                return
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         if res <= 0 and res != -errno.ENOBUFS and res != _EAGAIN:
@@ -273,6 +275,15 @@ class CompletionIO:
             self._armRecv()
 
     __call__ = _recvMultishotDone
+
+    def _pausedData(self) -> None:
+        """
+        Data arrived while reading is paused: stop the multishot receive,
+        keeping whatever it still delivers for when reading resumes.
+        """
+        self.reactor._ring.cancel(self._recvOp, late=self._recvLate)
+        self._recvOp = 0
+        self._recvDraining = True
 
     def _recvLate(self, res: int, flags: int) -> None:
         """
@@ -486,9 +497,12 @@ class CompletionIO:
             if self._leftover or self._tempDataBuffer:
                 self.startWriting()
             elif (
-                self.producer is None
-                and not self.disconnecting
+                not self.disconnecting
                 and not self._writeDisconnecting
+                and (
+                    self.producer is None
+                    or (self.streamingProducer and not self.producerPaused)
+                )
             ):
                 # Drained, and nobody waits for that: stop writing.
                 self._writing = False
@@ -549,17 +563,17 @@ class CompletionIO:
             self.reactor._disconnectSelectable(self, why, False)
 
     def _afterDrain(self) -> Any:
-        # epoll's doWrite sends (possibly empty) data before concluding, so a
-        # connection the peer has reset, or whose write side is already shut
-        # down, is lost rather than closed cleanly.  Probe the same way; this
-        # path runs only when a producer, a loseConnection or a
-        # loseWriteConnection waits for the buffer to drain.
-        try:
-            self.socket.send(b"", _MSG_NOSIGNAL)
-        except BlockingIOError:
-            pass
-        except OSError:
-            return main.CONNECTION_LOST
+        if self.disconnecting or self._writeDisconnecting:
+            # epoll's doWrite sends (possibly empty) data before concluding,
+            # so a connection the peer has reset, or whose write side is
+            # already shut down, is lost rather than closed cleanly.  Probe
+            # the same way before closing.
+            try:
+                self.socket.send(b"", _MSG_NOSIGNAL)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return main.CONNECTION_LOST
         self.stopWriting()
         if self.producer is not None and (
             (not self.streamingProducer) or self.producerPaused

@@ -55,8 +55,8 @@ _POLLOUT = select.POLLOUT
 _NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
 
 # Provided buffer ring shared by all TCP connections of a reactor.
-BUFFER_COUNT = 1024
-BUFFER_SIZE = 16384
+BUFFER_COUNT = 512
+BUFFER_SIZE = 65536
 BUFFER_GROUP = 0
 
 
