@@ -58,6 +58,10 @@ from uringreactor.ring import (
 # The most buffers one vectored send takes (Linux's IOV_MAX).
 IOV_MAX = 1024
 
+# Buffered output smaller than this goes out as one joined copy rather than
+# a vectored send: below it the copy is cheaper than building the iovec.
+_JOIN_BELOW = 16384
+
 # Receive buffer of a transport that has no provided buffer ring to use.
 RECV_BUFFER_SIZE = 65536
 
@@ -73,6 +77,32 @@ _prepRecv = lib.ur_prep_recv
 _prepRecvMultishot = lib.ur_prep_recv_multishot
 _prepSend = lib.ur_prep_send
 _prepSendv = lib.ur_prep_sendv
+
+
+def _coalesce(pieces: list[Any], length: int) -> list[Any]:
+    """
+    Join runs of small pieces, keep large ones as they are.
+
+    Small writes are common (twisted.web writes a response as a dozen or two
+    pieces) and for them one small copy is cheaper than an iovec entry each;
+    more than 8 iovec entries also make the kernel allocate and may move the
+    send off the fast path.  Large pieces go to the kernel uncopied.
+    """
+    if length <= _JOIN_BELOW:
+        return [b"".join(pieces)]
+    out: list[Any] = []
+    run: list[Any] = []
+    for piece in pieces:
+        if len(piece) >= _JOIN_BELOW:
+            if run:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            out.append(piece)
+        else:
+            run.append(piece)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 def _readFailure(res: int) -> Exception:
@@ -456,6 +486,8 @@ class CompletionIO:
         # Ring.newOp, inlined: this runs once per send.
         ud = next(ring._ids) | KIND_SEND
         ring.ops[ud] = self._sendDone
+        if len(pieces) > 1:
+            pieces = _coalesce(pieces, length)
         if len(pieces) == 1:
             piece = pieces[0]
             if type(piece) is bytes:
