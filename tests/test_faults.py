@@ -450,7 +450,15 @@ def test_acceptSurvivesRunningOutOfDescriptors(uring: IOUringReactor) -> None:
             for p in list(accepted):
                 p.transport.abortConnection()
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            check = yield _echoCheckOn(uring, port)
+            before = len(accepted)
+            yield _echoCheckOn(uring, port)
+            # The client side completes its handshake through the kernel's
+            # backlog whether or not we accept: wait for the server side.
+            for _ in range(200):
+                if len(accepted) > before:
+                    break
+                yield sleep(uring, 0.01)
+            check = len(accepted) > before
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             client.kill()
@@ -540,6 +548,7 @@ def test_randomTeardownRaces() -> None:
             f = Factory()
             f.buildProtocol = build  # type: ignore[method-assign]
             port = reactor.listenTCP(0, f, interface="127.0.0.1", backlog=512)
+            stopped: list[int] = []
             clients = []
             for _ in range(150):
                 c = Chatty()
@@ -563,6 +572,9 @@ def test_randomTeardownRaces() -> None:
                         s.transport.abortConnection()
                 if step == 20:
                     yield port.stopListening()
+                    stopped.append(len(servers))
+            if len(servers) != stopped[0]:
+                violations.append("a stopped port accepted a connection")
             everyone.extend(clients)
             everyone.extend(servers)
             for c in clients:
@@ -577,8 +589,10 @@ def test_randomTeardownRaces() -> None:
             violations.extend(p.violations)
         return violations, everyone
 
-    violations, everyone = run(reactor, work, timeout=240)
+    with LoggedErrors() as logged:
+        violations, everyone = run(reactor, work, timeout=240)
     assert violations == []
+    assert logged.events == [], "errors were logged during the races"
     connected = [p for p in everyone if p.transport is not None]
     assert len(connected) > 1000
     assert all(p.isLost for p in connected)

@@ -285,3 +285,46 @@ def test_bytesReachTheKernelWithoutACopy() -> None:
 
     data = os.urandom(4096)
     assert lib.ur_address_of(data) == int(ffi.cast("uintptr_t", ffi.from_buffer(data)))
+
+
+def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
+    """
+    An SQE names its socket by descriptor number, resolved only when it is
+    submitted.  A socket closed (through the ring) before its prepared
+    receive was submitted must stay open until then, or a socket created
+    meanwhile could take its number and the receive would read the new
+    socket's data.
+    """
+    from uringreactor.ring import KIND_RECV, Ring
+
+    ring = Ring()
+    first, firstPeer = socket.socketpair()
+    completions: list[tuple[int, int]] = []
+    buf = bytearray(64)
+    from uringreactor._liburing import ffi, lib
+
+    cbuf = ffi.from_buffer(buf)
+    ud = ring.newOp(KIND_RECV, lambda res, flags: completions.append((res, flags)))
+    assert lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, ud) == 0
+    number = first.fileno()
+    ring.closeAfterSubmit(first)
+    # The number must still be taken: a new socket gets another one.
+    second, secondPeer = socket.socketpair()
+    try:
+        assert number not in (second.fileno(), secondPeer.fileno())
+        secondPeer.send(b"meant for the second socket")
+        ring.enter(0.1)
+        ring.dispatch()
+        assert completions == [], "the receive read another socket's data"
+        # Submitted: now the descriptor is closed, the receive keeps the
+        # first socket alive and sees its peer's data.
+        assert first.fileno() == -1
+        firstPeer.send(b"for the first")
+        ring.enter(1.0)
+        ring.dispatch()
+        assert completions and completions[0][0] == len(b"for the first")
+        assert bytes(buf[: completions[0][0]]) == b"for the first"
+    finally:
+        for s in (firstPeer, second, secondPeer):
+            s.close()
+        ring.close()
