@@ -10,10 +10,10 @@ import sys
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import inlineCallbacks
 
 from tests.conftest import run
+from tests.test_load import Collect
 from uringreactor.reactor import IOUringReactor
 
 
@@ -83,24 +83,10 @@ def test_spawnedProcessOutputAndExit(uring: IOUringReactor) -> None:
         "sys.exit(7)\n"
     )
 
-    class Child(ProcessProtocol):
-        def __init__(self) -> None:
-            self.out = b""
-            self.err = b""
-            self.ended: Deferred[Any] = Deferred()
-
+    class Child(Collect):
         def connectionMade(self) -> None:
             self.transport.write(b"hello child " * 1000)
             self.transport.closeStdin()
-
-        def outReceived(self, data: bytes) -> None:
-            self.out += data
-
-        def errReceived(self, data: bytes) -> None:
-            self.err += data
-
-        def processEnded(self, reason: Any) -> None:
-            self.ended.callback(reason.value.exitCode)
 
     @inlineCallbacks
     def work() -> Any:

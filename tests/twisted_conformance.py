@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+from trialrun import runTrial
+
 HERE = Path(__file__).resolve().parent
 EPOLL = "_EPollReactorTests."
 IOURING = "_IOUringReactorTests."
-
-_LINE = re.compile(r"^(twisted_builders\.\S+) \.\.\. \[(\w+)\]\s*$")
 
 
 def run(jobs: int, disable: str | None, log: Path) -> dict[str, str]:
@@ -35,24 +33,21 @@ def run(jobs: int, disable: str | None, log: Path) -> dict[str, str]:
     if disable:
         env["URINGREACTOR_DISABLE"] = disable
     workdir = log.parent / ("trial-" + (disable or "default").replace(",", "-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "twisted.trial",
-        f"-j{jobs}",
-        "--reporter=bwverbose",
-        f"--temp-directory={workdir / '_trial_temp'}",
-        "twisted_builders",
-    ]
-    with log.open("w") as out:
-        subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
-    results: dict[str, str] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        m = _LINE.match(line)
-        if m:
-            results[m.group(1)] = m.group(2)
-    return results
+    results = runTrial(
+        [
+            f"-j{jobs}",
+            f"--temp-directory={workdir / '_trial_temp'}",
+            "twisted_builders",
+        ],
+        env,
+        workdir,
+        log,
+    )
+    return {
+        name: outcome
+        for name, outcome in results.items()
+        if name.startswith("twisted_builders.")
+    }
 
 
 def compare(results: dict[str, str]) -> tuple[list[str], Counter[str], Counter[str]]:

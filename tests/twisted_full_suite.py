@@ -15,41 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from trialrun import runTrial
+
 HERE = Path(__file__).resolve().parent
-_LINE = re.compile(r"^(\S+) \.\.\. \[(\w+)\]\s*$")
 
 
 def trial(
     reactor: str, names: list[str], jobs: int, workdir: Path, log: Path
 ) -> dict[str, str]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "twisted.trial",
-        f"--reactor={reactor}",
-        "--reporter=bwverbose",
-        "--temp-directory=_trial_temp",
-    ]
+    arguments = [f"--reactor={reactor}", "--temp-directory=_trial_temp"]
     if jobs > 1:
-        cmd.append(f"-j{jobs}")
-    cmd += names
+        arguments.append(f"-j{jobs}")
     env = dict(os.environ)
     env.pop("URINGREACTOR_FALLBACK", None)
-    with log.open("w") as out:
-        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-    results = {}
-    for line in log.read_text(errors="replace").splitlines():
-        m = _LINE.match(line)
-        if m:
-            results[m.group(1)] = m.group(2)
-    return results
+    return runTrial(arguments + names, env, workdir, log)
 
 
 def differences(epoll: dict[str, str], iouring: dict[str, str]) -> list[str]:

@@ -79,6 +79,14 @@ _prepSend = lib.ur_prep_send
 _prepSendv = lib.ur_prep_sendv
 
 
+def _readEnd(res: int) -> Exception:
+    """
+    Why reading ended: end of file is epoll's C{CONNECTION_DONE}, any read
+    error its C{CONNECTION_LOST}.
+    """
+    return main.CONNECTION_DONE if res == 0 else main.CONNECTION_LOST
+
+
 def _coalesce(pieces: list[Any], length: int) -> list[Any]:
     """
     Join runs of small pieces, keep large ones as they are.
@@ -103,13 +111,6 @@ def _coalesce(pieces: list[Any], length: int) -> list[Any]:
     if run:
         out.append(run[0] if len(run) == 1 else b"".join(run))
     return out
-
-
-def _readFailure(res: int) -> Exception:
-    """
-    The reason a read error ends a connection: epoll's C{CONNECTION_LOST}.
-    """
-    return main.CONNECTION_LOST
 
 
 class CompletionIO:
@@ -225,8 +226,7 @@ class CompletionIO:
             ud = ring.newOp(KIND_RECV, self._recvDone)
             rc = _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, ud)
         if rc < 0:
-            ring.forget(ud)
-            ring._check(rc)
+            ring.abandon(ud, rc)
         self._recvOp = ud
 
     def _recvDone(self, res: int, flags: int) -> None:
@@ -265,13 +265,7 @@ class CompletionIO:
             else:
                 stack.append(logContexts.entryFor(self))
                 try:
-                    try:
-                        why = self._dataReceived(data)  # type: ignore[attr-defined]
-                    except BaseException:
-                        why = sys.exc_info()[1]
-                        log.err()
-                    if why:
-                        reactor._disconnectSelectable(self, why, True)
+                    self._deliverInContext(data)
                 finally:
                     stack.pop()
             if flags & F_MORE:
@@ -340,7 +334,7 @@ class CompletionIO:
 
     def _holdEnd(self, res: int) -> None:
         if self._heldEnd is None:
-            self._heldEnd = main.CONNECTION_DONE if res == 0 else _readFailure(res)
+            self._heldEnd = _readEnd(res)
 
     def _deliverHeld(self) -> None:
         self._deliverCall = None
@@ -360,7 +354,7 @@ class CompletionIO:
             self._armRecv()
 
     def _readEnded(self, res: int) -> None:
-        why = main.CONNECTION_DONE if res == 0 else _readFailure(res)
+        why = _readEnd(res)
         if self._reading:
             self._readEndedWith(why)
         elif self._heldEnd is None:
@@ -513,8 +507,7 @@ class CompletionIO:
             keep = (pieces, buffers, iov, msg)
             rc = _prepSendv(ring._ptr, fd, iov, count, msg, _MSG_NOSIGNAL, ud)
         if rc < 0:
-            ring.forget(ud)
-            ring._check(rc)
+            ring.abandon(ud, rc)
         self._sendOp = ud
         self._sendKeep = keep
         self._sendLength = length

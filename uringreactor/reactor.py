@@ -198,8 +198,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring.ops[ud] = ready
         rc = lib.ur_prep_poll(ring._ptr, fd, _POLLIN if isRead else _POLLOUT, 0, ud)
         if rc < 0:
-            ring.forget(ud)
-            ring._check(rc)
+            ring.abandon(ud, rc)
         return ud
 
     def _ready(self, selectable: Any, isRead: bool, ud: int, res: int) -> None:
@@ -214,13 +213,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if res < 0:
             # The descriptor was closed or never valid.
             del table[selectable]
-            self._logContexts.call(
-                selectable,
-                self._disconnectSelectable,
-                selectable,
-                _NO_FILEDESC,
-                isRead,
-            )
+            self._descriptorLost(selectable, isRead)
             return
         self._logContexts.call(
             selectable, self._doReadOrWrite, selectable, selectable, res
@@ -234,13 +227,15 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 del table[selectable]
                 if not isinstance(e, _NoDescriptor):
                     log.err(None, "Could not poll a descriptor again")
-                self._logContexts.call(
-                    selectable,
-                    self._disconnectSelectable,
-                    selectable,
-                    _NO_FILEDESC,
-                    isRead,
-                )
+                self._descriptorLost(selectable, isRead)
+
+    def _descriptorLost(self, selectable: Any, isRead: bool) -> None:
+        """
+        Disconnect a readiness-based selectable whose descriptor is gone.
+        """
+        self._logContexts.call(
+            selectable, self._disconnectSelectable, selectable, _NO_FILEDESC, isRead
+        )
 
     # -- the loop ---------------------------------------------------------
 

@@ -41,7 +41,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from twisted.logger import Logger
@@ -75,6 +75,10 @@ assert _CQE.size == ffi.sizeof("struct ur_cqe")
 # completions are not dispatched.
 _INTERNAL_UD = 0
 
+# io_uring_enter results that only mean "nothing more this time": a timeout,
+# a signal, completions to reap first (EBUSY), a transient shortage.
+_ENTER_TRANSIENT = frozenset((-errno.ETIME, -errno.EINTR, -errno.EBUSY, -errno.EAGAIN))
+
 
 class _Cancelled:
     """
@@ -97,6 +101,11 @@ class _Cancelled:
             self.ring._cancelling -= 1
         if self.late is not None:
             self.late(res, flags)
+
+
+def _checkEnter(rc: int) -> None:
+    if rc < 0 and rc not in _ENTER_TRANSIENT:
+        raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
 
 
 def _releaseRing(ringPtr: Any, bufferRings: list[Any]) -> None:
@@ -302,11 +311,13 @@ class Ring:
         self.ops[ud] = handler
         return ud
 
-    def forget(self, ud: int) -> None:
+    def abandon(self, ud: int, rc: int) -> None:
         """
-        Drop the record of an operation whose SQE could not be prepared.
+        The SQE for operation C{ud} could not be prepared (C{rc} < 0): drop
+        its record and raise.
         """
         self.ops.pop(ud, None)
+        self._check(rc)
 
     def cancel(self, ud: int, keep: object = None, late: Handler | None = None) -> bool:
         """
@@ -372,8 +383,7 @@ class Ring:
             self._start()
         rc: int = lib.ur_submit(self._ptr)
         self._closePending()
-        if rc < 0 and rc not in (-errno.EINTR, -errno.EBUSY, -errno.EAGAIN):
-            raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
+        _checkEnter(rc)
         return rc
 
     def enter(self, timeout: float | None) -> None:
@@ -392,61 +402,52 @@ class Ring:
             rc = lib.ur_enter(self._ptr, 1, int(timeout * 1e9))
         if self._pendingCloses:
             self._closePending()
-        if rc < 0 and rc not in (
-            -errno.ETIME,
-            -errno.EINTR,
-            -errno.EBUSY,
-            -errno.EAGAIN,
-        ):
-            raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
+        _checkEnter(rc)
 
-    def dispatch(self) -> int:
+    def _reaped(self) -> Iterator[Iterator[tuple[int, int, int]]]:
         """
-        Deliver every completion in the CQ to its handler.
-
-        @return: the number of completions delivered.
+        Copy completions out of the CQ a batch at a time (one C call each)
+        and yield each batch as C{(user_data, res, flags)} records, until
+        the CQ is empty.  A batch must be consumed before the next one is
+        asked for: they share one buffer.
         """
         reap = lib.ur_reap
         ptr = self._ptr
         cqes = self._cqes
         view = self._cqeView
-        ops = self.ops
         unpack = _CQE.iter_unpack
-        more = F_MORE
-        total = 0
-        if self._deferred:
-            deferred, self._deferred = self._deferred, []
-            total += self._deliver(deferred)
         while True:
             n = reap(ptr, cqes, _REAP_BATCH)
-            if not n:
-                break
-            total += n
-            for ud, res, flags in unpack(view[: n * 16]):
-                if flags & more:
-                    handler = ops.get(ud)
-                else:
-                    handler = ops.pop(ud, None)
-                if handler is None:
-                    continue
-                try:
-                    handler(res, flags)
-                except BaseException:
-                    _log.failure("Unhandled error in io_uring completion handler")
+            if n:
+                yield unpack(view[: n * 16])
             if n < _REAP_BATCH:
-                break
-        return total
+                return
 
-    def _deliver(self, completions: list[tuple[int, int, int]]) -> int:
+    def dispatch(self) -> None:
+        """
+        Deliver every completion in the CQ to its handler, after those kept
+        back by L{settle}.
+        """
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self._deliver(deferred)
+        for batch in self._reaped():
+            self._deliver(batch)
+
+    def _deliver(self, completions: Iterable[tuple[int, int, int]]) -> None:
         ops = self.ops
+        more = F_MORE
         for ud, res, flags in completions:
-            handler = ops.get(ud) if flags & F_MORE else ops.pop(ud, None)
-            if handler is not None:
-                try:
-                    handler(res, flags)
-                except BaseException:
-                    _log.failure("Unhandled error in io_uring completion handler")
-        return len(completions)
+            if flags & more:
+                handler = ops.get(ud)
+            else:
+                handler = ops.pop(ud, None)
+            if handler is None:
+                continue
+            try:
+                handler(res, flags)
+            except BaseException:
+                _log.failure("Unhandled error in io_uring completion handler")
 
     def settle(self, timeout: float) -> None:
         """
@@ -462,29 +463,20 @@ class Ring:
         if not self._started:
             self._start()
         deadline = time.monotonic() + timeout
-        ptr = self._ptr
+        ops = self.ops
         while True:
-            rc = lib.ur_enter(ptr, 0 if not self._cancelling else 1, 1000000)
+            rc = lib.ur_enter(self._ptr, 1 if self._cancelling else 0, 1000000)
             self._closePending()
-            if rc < 0 and rc not in (
-                -errno.ETIME,
-                -errno.EINTR,
-                -errno.EBUSY,
-                -errno.EAGAIN,
-            ):
-                raise OSError(-rc, "io_uring_enter: " + os.strerror(-rc))
-            while True:
-                n = lib.ur_reap(ptr, self._cqes, _REAP_BATCH)
-                for ud, res, flags in _CQE.iter_unpack(self._cqeView[: n * 16]):
-                    handler = self.ops.get(ud)
+            _checkEnter(rc)
+            for batch in self._reaped():
+                for ud, res, flags in batch:
+                    handler = ops.get(ud)
                     if handler.__class__ is _Cancelled:
                         if not flags & F_MORE:
-                            del self.ops[ud]
+                            del ops[ud]
                         handler(res, flags)  # type: ignore[misc]
                     elif handler is not None:
                         self._deferred.append((ud, res, flags))
-                if n < _REAP_BATCH:
-                    break
             if not self._cancelling or time.monotonic() >= deadline:
                 return
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 from typing import Any
 
@@ -106,10 +107,9 @@ class Client(CompletionIO, tcp.Client):
     def _waitWritable(self) -> None:
         ring = self.reactor._ring
         ud = ring.newOp(KIND_POLL, self._writable)
-        rc = lib.ur_prep_poll(ring._ptr, self.socket.fileno(), _POLLOUT, 0, ud)
+        rc = lib.ur_prep_poll(ring._ptr, self.socket.fileno(), select.POLLOUT, 0, ud)
         if rc < 0:
-            ring.forget(ud)
-            ring._check(rc)
+            ring.abandon(ud, rc)
         self._connectOp = ud
 
     def _writable(self, res: int, flags: int) -> None:
@@ -124,9 +124,6 @@ class Client(CompletionIO, tcp.Client):
             self.reactor._ring.cancel(self._connectOp)
             self._connectOp = 0
         super()._stopReadingAndWriting()
-
-
-_POLLOUT = 0x004
 
 
 class Port(tcp.Port):
@@ -186,8 +183,7 @@ class Port(tcp.Port):
             ud,
         )
         if rc < 0:
-            ring.forget(ud)
-            ring._check(rc)
+            ring.abandon(ud, rc)
         self._acceptOp = ud
 
     def _accepted(self, res: int, flags: int) -> None:
