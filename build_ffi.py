@@ -121,17 +121,27 @@ int ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
 uintptr_t ur_address_of(const char *p);
 int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
                   void *msghdr, int flags, uint64_t ud);
-int ur_prep_sendmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
-                    uint64_t ud);
-int ur_prep_recvmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
-                    uint64_t ud);
 size_t ur_msghdr_size(void);
-void ur_msghdr_set(void *msghdr, void *name, unsigned namelen,
-                   struct iovec *iov, int iovcnt, void *control,
-                   size_t controllen);
-unsigned ur_msghdr_namelen(void *msghdr);
-size_t ur_msghdr_controllen(void *msghdr);
-int ur_msghdr_flags(void *msghdr);
+
+#define UR_CONTROL_SIZE ...
+#define UR_NAME_SIZE ...
+#define UR_RECVMSG_OUT_SIZE ...
+struct ur_msg { ...; };
+int ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
+                              unsigned namelen, unsigned controllen, int bgid,
+                              uint64_t ud);
+int ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
+                         char *buf, size_t len, unsigned namelen,
+                         unsigned controllen, int bgid, uint64_t ud);
+int ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
+                       const char *buf, size_t len, const char *name,
+                       unsigned namelen, int passfd, int flags, int link,
+                       uint64_t ud);
+unsigned ur_msg_namelen(struct ur_msg *m);
+size_t ur_msg_controllen(struct ur_msg *m);
+int ur_msg_flags(struct ur_msg *m);
+unsigned char *ur_msg_name(struct ur_msg *m);
+unsigned char *ur_msg_control(struct ur_msg *m);
 
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
                      unsigned bufsize, int bgid);
@@ -146,6 +156,7 @@ SOURCE = r"""
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <liburing.h>
@@ -493,26 +504,6 @@ int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
     return 0;
 }
 
-int ur_prep_sendmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
-                    uint64_t ud)
-{
-    struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
-    io_uring_prep_sendmsg(sqe, fd, (struct msghdr *)msghdr, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
-}
-
-int ur_prep_recvmsg(struct ur_ring *r, int fd, void *msghdr, int flags,
-                    uint64_t ud)
-{
-    struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
-    io_uring_prep_recvmsg(sqe, fd, (struct msghdr *)msghdr, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
-}
-
 uintptr_t ur_address_of(const char *p)
 {
     return (uintptr_t)p;
@@ -523,33 +514,149 @@ size_t ur_msghdr_size(void)
     return sizeof(struct msghdr);
 }
 
-void ur_msghdr_set(void *msghdr, void *name, unsigned namelen,
-                   struct iovec *iov, int iovcnt, void *control,
-                   size_t controllen)
+/* The memory of one message operation (recvmsg or sendmsg): its header,
+ * one iovec, room for an address and for control data.  Python allocates it
+ * (ffi.new) and keeps it alive until the operation's last completion.
+ *
+ * The control area holds one SCM_RIGHTS message carrying the most
+ * descriptors Linux passes in one message (SCM_MAX_FD, 253) plus
+ * credentials: a UNIX stream receive stops after the message that carries
+ * descriptors, so one receive never sees more. */
+#define UR_CONTROL_SIZE (CMSG_SPACE(sizeof(int) * 253) + \
+                         CMSG_SPACE(sizeof(struct ucred)))
+#define UR_NAME_SIZE (sizeof(struct sockaddr_storage))
+#define UR_RECVMSG_OUT_SIZE (sizeof(struct io_uring_recvmsg_out))
+
+struct ur_msg {
+    struct msghdr hdr;
+    struct iovec iov;
+    struct sockaddr_storage name;
+    union {
+        struct cmsghdr align;
+        unsigned char buf[UR_CONTROL_SIZE];
+    } control;
+};
+
+/* Multishot recvmsg into the provided buffers of group bgid.  Each buffer
+ * then starts with a struct io_uring_recvmsg_out, followed by namelen bytes
+ * for the source address, controllen bytes for control data, and the
+ * payload (see io_uring_prep_recvmsg_multishot(3)). */
+int ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
+                              unsigned namelen, unsigned controllen, int bgid,
+                              uint64_t ud)
 {
-    struct msghdr *msg = (struct msghdr *)msghdr;
-    memset(msg, 0, sizeof(*msg));
-    msg->msg_name = name;
-    msg->msg_namelen = namelen;
-    msg->msg_iov = iov;
-    msg->msg_iovlen = iovcnt;
-    msg->msg_control = control;
-    msg->msg_controllen = controllen;
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    memset(&m->hdr, 0, sizeof(m->hdr));
+    m->hdr.msg_namelen = namelen;
+    m->hdr.msg_controllen = controllen;
+    io_uring_prep_recvmsg_multishot(sqe, fd, &m->hdr, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = bgid;
+    ur_tag(r, sqe, ud);
+    return 0;
 }
 
-unsigned ur_msghdr_namelen(void *msghdr)
+/* Single-shot recvmsg of up to len bytes into buf, or into a provided
+ * buffer of group bgid if bgid is not negative; the address and control
+ * data go into m. */
+int ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
+                         char *buf, size_t len, unsigned namelen,
+                         unsigned controllen, int bgid, uint64_t ud)
 {
-    return ((struct msghdr *)msghdr)->msg_namelen;
+    struct io_uring_sqe *sqe;
+    UR_GET_SQE(r, sqe);
+    memset(&m->hdr, 0, sizeof(m->hdr));
+    m->iov.iov_base = buf;
+    m->iov.iov_len = len;
+    m->hdr.msg_iov = &m->iov;
+    m->hdr.msg_iovlen = 1;
+    if (namelen) {
+        m->hdr.msg_name = &m->name;
+        m->hdr.msg_namelen = namelen < sizeof(m->name) ? namelen
+                                                        : sizeof(m->name);
+    }
+    if (controllen) {
+        m->hdr.msg_control = m->control.buf;
+        m->hdr.msg_controllen = controllen < UR_CONTROL_SIZE ? controllen
+                                                             : UR_CONTROL_SIZE;
+    }
+    io_uring_prep_recvmsg(sqe, fd, &m->hdr, 0);
+    if (bgid >= 0) {
+        m->iov.iov_base = NULL;
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = bgid;
+    }
+    ur_tag(r, sqe, ud);
+    return 0;
 }
 
-size_t ur_msghdr_controllen(void *msghdr)
+/* sendmsg of len bytes at buf to the address name (a struct sockaddr of
+ * namelen bytes, copied into m; none if namelen is 0), passing descriptor
+ * passfd with SCM_RIGHTS unless it is negative.  link chains the next SQE
+ * after this one (IOSQE_IO_LINK) so that datagrams leave in order. */
+int ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
+                       const char *buf, size_t len, const char *name,
+                       unsigned namelen, int passfd, int flags, int link,
+                       uint64_t ud)
 {
-    return ((struct msghdr *)msghdr)->msg_controllen;
+    struct io_uring_sqe *sqe;
+    struct cmsghdr *cmsg;
+    if (namelen > sizeof(m->name))
+        return -EINVAL;
+    UR_GET_SQE(r, sqe);
+    memset(&m->hdr, 0, sizeof(m->hdr));
+    m->iov.iov_base = (void *)buf;
+    m->iov.iov_len = len;
+    m->hdr.msg_iov = &m->iov;
+    m->hdr.msg_iovlen = 1;
+    if (namelen) {
+        memcpy(&m->name, name, namelen);
+        m->hdr.msg_name = &m->name;
+        m->hdr.msg_namelen = namelen;
+    }
+    if (passfd >= 0) {
+        memset(m->control.buf, 0, CMSG_SPACE(sizeof(int)));
+        m->hdr.msg_control = m->control.buf;
+        m->hdr.msg_controllen = CMSG_SPACE(sizeof(int));
+        cmsg = CMSG_FIRSTHDR(&m->hdr);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cmsg), &passfd, sizeof(int));
+    }
+    io_uring_prep_sendmsg(sqe, fd, &m->hdr, flags);
+    if (link)
+        sqe->flags |= IOSQE_IO_LINK;
+    ur_tag(r, sqe, ud);
+    return 0;
 }
 
-int ur_msghdr_flags(void *msghdr)
+/* What a single-shot recvmsg reported: the lengths of the address and of
+ * the control data, and the message flags (MSG_TRUNC, MSG_CTRUNC). */
+unsigned ur_msg_namelen(struct ur_msg *m)
 {
-    return ((struct msghdr *)msghdr)->msg_flags;
+    return m->hdr.msg_namelen;
+}
+
+size_t ur_msg_controllen(struct ur_msg *m)
+{
+    return m->hdr.msg_controllen;
+}
+
+int ur_msg_flags(struct ur_msg *m)
+{
+    return m->hdr.msg_flags;
+}
+
+unsigned char *ur_msg_name(struct ur_msg *m)
+{
+    return (unsigned char *)&m->name;
+}
+
+unsigned char *ur_msg_control(struct ur_msg *m)
+{
+    return m->control.buf;
 }
 
 /* A provided-buffer ring set up by hand: liburing 2.3 lacks

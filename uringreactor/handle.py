@@ -144,7 +144,7 @@ class CompletionIO:
     _reading = False
     _recvOp = 0
     _recvBuffer: Any = None
-    _held: list[bytes] | None = None
+    _held: list[Any] | None = None
     _heldEnd: Exception | None = None
     _deliverCall: Any = None
     # A cancelled multishot receive may still complete with data; nothing is
@@ -235,18 +235,24 @@ class CompletionIO:
         """
         self._recvOp = 0
         if res > 0:
-            data = _unpack(self._recvBuffer, res)
-            if self._reading:
-                self._deliver(data)
-                if self._reading and not self._recvOp and not self.disconnected:
-                    self._armRecv()
-            else:
-                self._hold(data)
+            self._received(_unpack(self._recvBuffer, res))
         elif res == _EAGAIN:
             if self._reading:
                 self._armRecv()
         else:
             self._readEnded(res)
+
+    def _received(self, data: Any) -> None:
+        """
+        Deliver what a single-shot receive brought, or hold it while reading
+        is paused, and keep receiving.
+        """
+        if self._reading:
+            self._deliver(data)
+            if self._reading and not self._recvOp and not self.disconnected:
+                self._armRecv()
+        else:
+            self._hold(data)
 
     def _recvMultishotDone(self, res: int, flags: int) -> None:
         """
@@ -326,7 +332,7 @@ class CompletionIO:
         if self._reading and not self.disconnected and self._deliverCall is None:
             self._deliverCall = self.reactor.callLater(0, self._deliverHeld)
 
-    def _hold(self, data: bytes) -> None:
+    def _hold(self, data: Any) -> None:
         if self._held is None:
             self._held = [data]
         else:
@@ -365,14 +371,14 @@ class CompletionIO:
             self, self.reactor._disconnectSelectable, self, why, True
         )
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: Any) -> None:
         """
         Hand C{data} to the protocol within its logging context; an exception
         from the protocol disconnects it, as on epoll.
         """
         self.reactor._logContexts.call(self, self._deliverInContext, data)
 
-    def _deliverInContext(self, data: bytes) -> None:
+    def _deliverInContext(self, data: Any) -> None:
         try:
             why = self._dataReceived(data)  # type: ignore[attr-defined]
         except BaseException:

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python import log
 from zope.interface import implementer
 
-from uringreactor import tcp
+from uringreactor import tcp, unix
 from uringreactor._liburing import ffi, lib
 from uringreactor.features import Features
 from uringreactor.logcontext import LogContexts
@@ -297,6 +297,27 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         c.connect()
         return c
 
+    # -- IReactorUNIX ------------------------------------------------------
+
+    def listenUNIX(
+        self,
+        address: Any,
+        factory: Any,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: int = 0,
+    ) -> unix.Port:
+        p = unix.Port(address, factory, backlog, mode, self, wantPID)
+        p.startListening()
+        return p
+
+    def connectUNIX(
+        self, address: Any, factory: Any, timeout: float = 30, checkPID: int = 0
+    ) -> Any:
+        c = unix.Connector(address, factory, timeout, self, checkPID)
+        c.connect()
+        return c
+
     # -- IReactorSocket ----------------------------------------------------
 
     def adoptStreamPort(
@@ -308,6 +329,10 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             )
             p.startListening()
             return p
+        if addressFamily == socket.AF_UNIX:
+            p = unix.Port._fromListeningDescriptor(self, fileDescriptor, factory)
+            p.startListening()
+            return p
         return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
 
     def adoptStreamConnection(
@@ -317,6 +342,8 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             return tcp.Server._fromConnectedSocket(
                 fileDescriptor, addressFamily, factory, self
             )
+        if addressFamily == socket.AF_UNIX:
+            return unix.Server._fromConnectedSocket(fileDescriptor, factory, self)
         return super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
 
     # -- introspection -----------------------------------------------------

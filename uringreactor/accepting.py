@@ -1,0 +1,224 @@
+"""
+Listening stream sockets (TCP and UNIX) fed by io_uring accept completions.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.logger import Logger
+from twisted.python import failure, log
+
+from uringreactor._liburing import lib
+from uringreactor.ring import F_MORE, KIND_ACCEPT
+
+_ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+# accept() errors after which the port accepts again at once.
+_ACCEPT_RETRY = {
+    errno.EAGAIN,
+    errno.EPERM,
+    errno.ECONNABORTED,
+    errno.EINTR,
+    errno.EPROTO,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.ENONET,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+}
+
+# accept() errors that mean resources ran out: the port logs, waits a little
+# and accepts again.
+_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+# How long a port waits before accepting again after running out of
+# resources.
+ACCEPT_RETRY_DELAY = 0.05
+
+
+class AcceptingPort:
+    """
+    Mixin for a C{twisted.internet.tcp.Port} subclass (TCP or UNIX) that
+    accepts through io_uring: one multishot accept where the kernel has it,
+    otherwise one accept at a time.
+    """
+
+    reactor: Any
+    socket: socket.socket
+    addressFamily: Any
+    factory: Any
+    sessionno: int
+    transport: Any
+    _shouldShutdown: bool
+    _acceptOp = 0
+    # Accepting, for the reactor's getReaders(); a port never writes.
+    _reading = False
+    _writing = False
+    _retryCall: Any = None
+    _exhaustedLogged = False
+    _uringHandle = True
+    _logger = Logger()
+
+    def startReading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        self.reactor._handles.add(self)
+        if not self._acceptOp:
+            self._armAccept()
+
+    def stopReading(self) -> None:
+        if not self._reading:
+            return
+        self._reading = False
+        self.reactor._handles.discard(self)
+        if self._retryCall is not None:
+            self._retryCall.cancel()
+            self._retryCall = None
+        if self._acceptOp:
+            self.reactor._ring.cancel(self._acceptOp, late=_closeLateAccept)
+            self._acceptOp = 0
+
+    def startWriting(self) -> None:
+        pass
+
+    def stopWriting(self) -> None:
+        pass
+
+    def _armAccept(self) -> None:
+        reactor = self.reactor
+        ring = reactor._ring
+        multishot = "multishot_accept" in ring.features
+        ud = ring.newOp(KIND_ACCEPT, self._accepted)
+        rc = lib.ur_prep_accept(
+            ring._ptr,
+            self.socket.fileno(),
+            reactor._ffi.NULL,
+            reactor._ffi.NULL,
+            _ACCEPT_FLAGS,
+            1 if multishot else 0,
+            ud,
+        )
+        if rc < 0:
+            ring.abandon(ud, rc)
+        self._acceptOp = ud
+
+    def _accepted(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self._acceptOp = 0
+        if res >= 0:
+            self._exhaustedLogged = False
+            self.reactor._logContexts.call(self, self._newConnection, res)
+        elif -res in _ACCEPT_RETRY:
+            pass
+        elif -res in _ACCEPT_EXHAUSTED:
+            self.reactor._logContexts.call(self, self._exhausted, -res)
+            return
+        else:
+            self.reactor._logContexts.call(
+                self,
+                log.err,
+                OSError(-res, os.strerror(-res)),
+                "Could not accept new connection",
+            )
+            return
+        if not self._acceptOp and self._reading:
+            self._armAccept()
+
+    def _exhausted(self, err: int) -> None:
+        """
+        accept() ran out of descriptors or memory.  Close what is waiting in
+        the backlog when a reserved descriptor lets us (as the epoll reactor
+        does), so those clients are not left hanging, then try again a
+        little later.  Logged once per episode, not at every retry.
+        """
+        if not self._exhaustedLogged:
+            self._exhaustedLogged = True
+            self._logger.info(
+                "Could not accept new connection ({acceptError})",
+                acceptError=errno.errorcode[err],
+            )
+        if err == errno.EMFILE and tcp._reservedFD.available():
+            with tcp._reservedFD:
+                for client, address in tcp._accept(
+                    self._logger, range(100), self.socket, tcp._reservedFD
+                ):
+                    client.close()
+                    self._logger.info(
+                        "EMFILE recovery: Closed socket from {address}",
+                        address=address,
+                    )
+        if self._reading and not self._acceptOp and self._retryCall is None:
+            self._retryCall = self.reactor.callLater(
+                ACCEPT_RETRY_DELAY, self._retryAccept
+            )
+
+    def _retryAccept(self) -> None:
+        self._retryCall = None
+        if self._reading and not self._acceptOp:
+            self._armAccept()
+
+    def _newConnection(self, fd: int) -> None:
+        """
+        Wrap an accepted descriptor in a transport and connect its protocol,
+        as C{tcp.Port.doRead} does for each accepted socket.
+        """
+        try:
+            skt = socket.socket(self.addressFamily, socket.SOCK_STREAM, 0, fd)
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            try:
+                addr = skt.getpeername()
+            except OSError:
+                # The client reset the connection before we got to it.
+                skt.close()
+                return
+            if self.addressFamily == socket.AF_INET6:
+                host = socket.getnameinfo(
+                    addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                )
+                addr = tuple([host[0]] + list(addr[1:]))
+            factory: Any = self.factory
+            protocol = factory.buildProtocol(
+                self._buildAddr(addr)  # type: ignore[attr-defined]
+            )
+            if protocol is None:
+                skt.close()
+                return
+            s = self.sessionno
+            self.sessionno = s + 1
+            transport = self.transport(skt, protocol, addr, self, s, self.reactor)
+            protocol.makeConnection(transport)
+        except BaseException:
+            log.deferr()
+
+    def connectionLost(self, reason: failure.Failure) -> None:
+        self.stopReading()
+        super().connectionLost(reason)  # type: ignore[misc]
+
+    def _closeSocket(self, orderly: bool) -> None:
+        skt = self.socket
+        try:
+            if orderly and self._shouldShutdown:
+                skt.shutdown(2)
+        except OSError:
+            pass
+        self.reactor._ring.closeAfterSubmit(skt)
+
+
+def _closeLateAccept(res: int, flags: int) -> None:
+    """
+    A connection accepted by an accept operation that was being cancelled:
+    nobody will serve it, so close it.
+    """
+    if res >= 0:
+        os.close(res)
