@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python import log
 from zope.interface import implementer
 
-from uringreactor import tcp, unix
+from uringreactor import tcp, udp, unix
 from uringreactor._liburing import ffi, lib
 from uringreactor.features import Features
 from uringreactor.logcontext import LogContexts
@@ -297,6 +297,29 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         c.connect()
         return c
 
+    # -- IReactorUDP, IReactorMulticast -------------------------------------
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> udp.Port:
+        p = udp.Port(port, protocol, interface, maxPacketSize, self)
+        p.startListening()
+        return p
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> udp.MulticastPort:
+        p = udp.MulticastPort(
+            port, protocol, interface, maxPacketSize, self, listenMultiple
+        )
+        p.startListening()
+        return p
+
     # -- IReactorUNIX ------------------------------------------------------
 
     def listenUNIX(
@@ -345,6 +368,21 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if addressFamily == socket.AF_UNIX:
             return unix.Server._fromConnectedSocket(fileDescriptor, factory, self)
         return super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+
+    def adoptDatagramPort(
+        self,
+        fileDescriptor: int,
+        addressFamily: Any,
+        protocol: Any,
+        maxPacketSize: int = 8192,
+    ) -> Any:
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            raise error.UnsupportedAddressFamily(addressFamily)
+        p = udp.Port._fromListeningDescriptor(
+            self, fileDescriptor, addressFamily, protocol, maxPacketSize=maxPacketSize
+        )
+        p.startListening()
+        return p
 
     # -- introspection -----------------------------------------------------
 

@@ -1,0 +1,225 @@
+"""
+UDP on io_uring: order, sources, sizes, refusals and errors, each compared
+with the epoll reactor where the two must agree.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol
+
+from tests.conftest import run, sleep
+from uringreactor import udp
+from uringreactor.reactor import IOUringReactor
+
+
+class Record(DatagramProtocol):
+    """
+    Records every datagram with its source; fires C{waiting} once C{count}
+    have arrived.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+        self.refused = 0
+        self.waiting: Deferred[None] | None = None
+        self.count = 0
+
+    def expect(self, count: int) -> Deferred[None]:
+        self.count = count
+        self.waiting = Deferred()
+        self._check()
+        return self.waiting
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.received.append((data, addr))
+        self._check()
+
+    def connectionRefused(self) -> None:
+        self.refused += 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.waiting is not None and (
+            len(self.received) >= self.count or self.refused
+        ):
+            d, self.waiting = self.waiting, None
+            d.callback(None)
+
+
+def test_datagramsArriveInOrderFromTheirSource(anyReactor: Any) -> None:
+    """
+    Datagrams of many sizes, written in bursts, arrive in the order written
+    with the sender's address.
+    """
+    sizes = [(i * 37) % 1200 for i in range(200)]
+
+    @inlineCallbacks
+    def work() -> Any:
+        receiver = Record()
+        sender = Record()
+        rport = anyReactor.listenUDP(0, receiver, interface="127.0.0.1")
+        sport = anyReactor.listenUDP(0, sender, interface="127.0.0.1")
+        target = ("127.0.0.1", rport.getHost().port)
+        for burst in range(10):
+            for i in range(burst * 20, burst * 20 + 20):
+                sender.transport.write(bytes([i % 251]) * sizes[i], target)
+            yield sleep(anyReactor, 0.005)
+        yield receiver.expect(len(sizes))
+        source = ("127.0.0.1", sport.getHost().port)
+        yield rport.stopListening()
+        yield sport.stopListening()
+        return receiver.received, source
+
+    received, source = run(anyReactor, work, timeout=20)
+    assert [data for data, _ in received] == [
+        bytes([i % 251]) * size for i, size in enumerate(sizes)
+    ]
+    assert {addr for _, addr in received} == {source}
+
+
+def test_emptyAndTruncatedDatagrams(anyReactor: Any) -> None:
+    """
+    An empty datagram arrives empty; one longer than C{maxPacketSize} is cut
+    to it.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        receiver = Record()
+        rport = anyReactor.listenUDP(
+            0, receiver, interface="127.0.0.1", maxPacketSize=100
+        )
+        sender = anyReactor.listenUDP(0, Record(), interface="127.0.0.1")
+        target = ("127.0.0.1", rport.getHost().port)
+        sender.write(b"", target)
+        sender.write(b"y" * 300, target)
+        sender.write(b"z" * 100, target)
+        yield receiver.expect(3)
+        yield rport.stopListening()
+        yield sender.stopListening()
+        return [data for data, _ in receiver.received]
+
+    assert run(anyReactor, work, timeout=20) == [b"", b"y" * 100, b"z" * 100]
+
+
+def test_ipv6(anyReactor: Any) -> None:
+    """
+    An IPv6 port receives from and answers an IPv6 source.
+    """
+
+    class Echo(DatagramProtocol):
+        def datagramReceived(self, data: bytes, addr: Any) -> None:
+            self.transport.write(data.upper(), addr)
+
+    @inlineCallbacks
+    def work() -> Any:
+        server = anyReactor.listenUDP(0, Echo(), interface="::1")
+        client = Record()
+        cport = anyReactor.listenUDP(0, client, interface="::1")
+        cport.write(b"over six", ("::1", server.getHost().port))
+        yield client.expect(1)
+        yield server.stopListening()
+        yield cport.stopListening()
+        return client.received
+
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback address")
+    [(data, addr)] = run(anyReactor, work, timeout=20)
+    assert data == b"OVER SIX"
+    assert addr[0] == "::1"
+
+
+def test_connectedPortIsToldOfRefusal(uring: IOUringReactor) -> None:
+    """
+    A connected port writing to a port nobody listens on has its protocol's
+    C{connectionRefused} called, and stays open: written to again, it is
+    told again.
+
+    (The epoll reactor differs here: when the refusal arrives while no
+    datagram is waiting, epoll reports only an error event, which that
+    reactor treats as a lost connection, and it closes the port.)
+    """
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    deadPort = closed.getsockname()[1]
+    closed.close()
+
+    @inlineCallbacks
+    def work() -> Any:
+        client = Record()
+        port = uring.listenUDP(0, client, interface="127.0.0.1")
+        port.connect("127.0.0.1", deadPort)
+        refusals = []
+        for _ in range(2):
+            waiting = client.expect(1000)
+            port.write(b"anyone?")
+            yield waiting
+            refusals.append(client.refused)
+            client.refused = 0
+        assert port.connected
+        yield port.stopListening()
+        return refusals
+
+    assert run(uring, work, timeout=20) == [1, 1]
+
+
+def test_writeChecksItsArgumentsAtOnce(anyReactor: Any) -> None:
+    """
+    Errors the epoll reactor raises from C{write} are raised from it on
+    io_uring too, before anything is queued.
+    """
+
+    def work() -> Any:
+        port = anyReactor.listenUDP(0, Record(), interface="127.0.0.1")
+        outcomes = []
+        for datagram, addr in [
+            (b"x" * 70000, ("127.0.0.1", 9)),
+            (b"x", ("localhost", 9)),
+            (b"x", ("::1", 9)),
+            ("text", ("127.0.0.1", 9)),
+        ]:
+            try:
+                port.write(datagram, addr)
+            except Exception as e:
+                outcomes.append(type(e))
+        return port.stopListening().addCallback(lambda _: outcomes)
+
+    assert run(anyReactor, work, timeout=20) == [
+        error.MessageLengthError,
+        error.InvalidAddressError,
+        error.InvalidAddressError,
+        TypeError,
+    ]
+
+
+def test_portsAreCompletionBased(uring: IOUringReactor) -> None:
+    """
+    UDP ports are io_uring ports, not polled descriptors: every datagram
+    is one sendmsg operation, and none of them waits for writability.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        receiver = Record()
+        rport = uring.listenUDP(0, receiver, interface="127.0.0.1")
+        sport = uring.listenUDP(0, Record(), interface="127.0.0.1")
+        assert isinstance(rport, udp.Port) and isinstance(sport, udp.Port)
+        assert rport not in uring._reads and sport not in uring._writes
+        before = uring.ioCounters()["sqes"]
+        for i in range(50):
+            sport.write(b"%d" % i, ("127.0.0.1", rport.getHost().port))
+        yield receiver.expect(50)
+        submitted = uring.ioCounters()["sqes"] - before
+        yield rport.stopListening()
+        yield sport.stopListening()
+        return submitted
+
+    assert run(uring, work, timeout=20) >= 50

@@ -1,0 +1,485 @@
+"""
+UDP over io_uring: datagrams received by a multishot recvmsg into the
+reactor's provided buffers, sent by sendmsg operations.
+
+The classes extend Twisted's L{twisted.internet.udp} ports, so binding,
+C{connect}, addresses, broadcast and the multicast options (join, leave,
+TTL, loopback, interface) are Twisted's.  What changes:
+
+  - Receiving: one multishot recvmsg stays armed while the port reads; each
+    datagram completes with its source address and payload in one provided
+    buffer, and a burst of datagrams costs no system call beyond the loop's
+    one C{io_uring_enter}.  Without multishot receives (old kernels, or
+    C{URINGREACTOR_DISABLE}) a single recvmsg into the port's own buffer is
+    re-armed after each datagram.  As on epoll, a datagram longer than
+    C{maxPacketSize} is truncated to it, and a refusal reported by the
+    kernel on a connected port calls C{connectionRefused}.
+
+  - Sending: C{write} checks its arguments at once and raises what the
+    epoll reactor raises for them (L{error.InvalidAddressError},
+    L{error.MessageLengthError}, C{TypeError}); the datagram is then queued
+    and goes out, with every other datagram queued in the same iteration, as
+    a chain of linked sendmsg operations, so datagrams leave in the order
+    they were written.  A full socket buffer delays a datagram instead of
+    dropping it.  Errors only the kernel can report (an ICMP refusal,
+    an unreachable network) are reported when the send completes: a refusal
+    on a connected port calls C{connectionRefused}, as on epoll; any other
+    error is logged.
+
+  - Stopping: datagrams already written are still sent; receives are
+    cancelled and their late completions absorbed by the ring.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import abstract, base, error, interfaces, udp
+from twisted.python import failure, log
+from zope.interface import implementer
+
+from uringreactor._liburing import ffi, lib
+from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, KIND_RECV, KIND_SEND
+
+# Largest UDP payloads: 65535 less the IPv4 and UDP headers, and less the
+# UDP header alone for IPv6 (without jumbograms).
+_MAX_DATAGRAM = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+
+# Room reserved for the source address at the start of each provided buffer
+# (a struct sockaddr_in6, 28 bytes, rounded up).
+_NAME_ROOM = 32
+
+_RECVMSG_OUT = struct.Struct("=IIII")
+_PAYLOAD_OFFSET = _RECVMSG_OUT.size + _NAME_ROOM
+
+# Most datagrams one port chains per loop iteration; the rest go in the
+# next one.
+_CHAIN_LIMIT = 128
+
+# Receive errors after which the port simply receives again (epoll's
+# doRead stops reading until the next readiness event on these).
+_READ_AGAIN = {
+    errno.EAGAIN,
+    errno.EINTR,
+    errno.ENOBUFS,
+    errno.ECONNREFUSED,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+    errno.ECONNRESET,
+    errno.EPROTO,
+}
+
+_ECANCELED = -errno.ECANCELED
+_ECONNREFUSED = -errno.ECONNREFUSED
+
+_SHORT = struct.Struct("=H")
+_PORT = struct.Struct("!H")
+_IPV6_TAIL = struct.Struct("=I")
+
+
+def encodeAddress(family: int, addr: Any) -> bytes:
+    """
+    The C{struct sockaddr} for C{(host, port)} in C{family}, as C{sendto}
+    would build it; raises what C{sendto} raises for a bad port.
+    """
+    host, port = addr[0], addr[1]
+    if not isinstance(port, int):
+        raise TypeError(
+            f"'{type(port).__name__}' object cannot be interpreted as an integer"
+        )
+    if not 0 <= port <= 65535:
+        raise OverflowError("sendto(): port must be 0-65535.")
+    if family == socket.AF_INET:
+        packed = (
+            b"\xff\xff\xff\xff" if host == "<broadcast>" else socket.inet_aton(host)
+        )
+        return _SHORT.pack(family) + _PORT.pack(port) + packed + bytes(8)
+    scope = 0
+    if "%" in host:
+        host, _, name = host.partition("%")
+        scope = int(name) if name.isdigit() else socket.if_nametoindex(name)
+    return (
+        _SHORT.pack(family)
+        + _PORT.pack(port)
+        + bytes(4)
+        + socket.inet_pton(socket.AF_INET6, host)
+        + _IPV6_TAIL.pack(scope)
+    )
+
+
+def decodeAddress(raw: bytes) -> tuple[str, int]:
+    """
+    C{(host, port)} for a C{struct sockaddr_in} or C{sockaddr_in6}, as the
+    epoll reactor passes it to C{datagramReceived} (no flow information;
+    the scope of a link-local IPv6 address as C{%interface}).
+    """
+    family = _SHORT.unpack_from(raw)[0]
+    port = _PORT.unpack_from(raw, 2)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntoa(raw[4:8]), port
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    scope = _IPV6_TAIL.unpack_from(raw, 24)[0]
+    if scope:
+        try:
+            host += "%" + socket.if_indextoname(scope)
+        except OSError:
+            host += "%" + str(scope)
+    return host, port
+
+
+class _Outgoing:
+    """
+    One datagram being sent: the handler of its sendmsg operation, and what
+    must stay alive until it completes.
+    """
+
+    __slots__ = ("port", "data", "name", "msg")
+
+    def __init__(self, port: Port, data: bytes, name: bytes | None) -> None:
+        self.port = port
+        self.data = data
+        self.name = name
+        self.msg: Any = None
+
+    def __call__(self, res: int, flags: int) -> None:
+        self.port._sent(self, res)
+
+
+class Port(udp.Port):
+    """
+    A UDP port whose datagrams are received and sent by io_uring.
+    """
+
+    _uringHandle = True
+    # For the reactor's getReaders()/getWriters(): a port never waits to
+    # write.
+    _reading = False
+    _writing = False
+    _registered = False
+    _flushQueued = False
+    _recvOp = 0
+    _recvMsg: Any = None
+    _recvBuffer: Any = None
+    _multishot = False
+    # Datagrams of a failed chain that were never tried, to send again.
+    _retry: list[_Outgoing] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: list[_Outgoing] = []
+        self._addressCache: dict[Any, bytes] = {}
+        self._nameCache: dict[bytes, tuple[str, int]] = {}
+
+    # -- reading --------------------------------------------------------
+
+    def startReading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        self._register()
+        if not self._recvOp:
+            self._armRecv()
+
+    def stopReading(self) -> None:
+        if not self._reading:
+            return
+        self._reading = False
+        self._cancelRecv()
+
+    def _register(self) -> None:
+        if not self._registered:
+            self._registered = True
+            self.reactor._handles.add(self)
+
+    def _cancelRecv(self) -> None:
+        if self._recvOp:
+            reactor = self.reactor
+            late = reactor._recycleLate if reactor._bufferRing is not None else None
+            reactor._ring.cancel(
+                self._recvOp, keep=(self._recvMsg, self._recvBuffer), late=late
+            )
+            self._recvOp = 0
+
+    def _armRecv(self) -> None:
+        reactor = self.reactor
+        ring = reactor._ring
+        bufferRing = reactor._bufferRing
+        msg = self._recvMsg
+        if msg is None:
+            msg = self._recvMsg = ffi.new("struct ur_msg *")
+        fd = self.socket.fileno()
+        ud = ring.newOp(KIND_RECV, self._received)
+        self._multishot = (
+            bufferRing is not None
+            and "multishot_recv" in ring.features
+            and self.maxPacketSize <= bufferRing.bufferSize - _PAYLOAD_OFFSET
+        )
+        if self._multishot:
+            rc = lib.ur_prep_recvmsg_multishot(
+                ring._ptr, fd, msg, _NAME_ROOM, 0, bufferRing.groupId, ud
+            )
+        else:
+            if self._recvBuffer is None:
+                self._recvBuffer = ffi.new("char[]", max(self.maxPacketSize, 1))
+            rc = lib.ur_prep_recvmsg_into(
+                ring._ptr,
+                fd,
+                msg,
+                self._recvBuffer,
+                self.maxPacketSize,
+                lib.UR_NAME_SIZE,
+                0,
+                -1,
+                ud,
+            )
+        if rc < 0:
+            ring.abandon(ud, rc)
+        self._recvOp = ud
+
+    def _received(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self._recvOp = 0
+        if res >= 0:
+            if self._multishot:
+                raw = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
+                namelen, _, payloadlen, _ = _RECVMSG_OUT.unpack_from(raw)
+                name = raw[_RECVMSG_OUT.size : _RECVMSG_OUT.size + namelen]
+                size = min(payloadlen, self.maxPacketSize)
+                data = raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size]
+            else:
+                msg = self._recvMsg
+                name = ffi.buffer(lib.ur_msg_name(msg), lib.ur_msg_namelen(msg))[:]
+                data = ffi.unpack(self._recvBuffer, res)
+            addr = self._nameCache.get(name)
+            if addr is None:
+                addr = self._decodeName(name)
+            self.reactor._logContexts.call(self, self._deliver, data, addr)
+        else:
+            if flags & F_BUFFER:
+                self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+            if res == _ECONNREFUSED:
+                if self._connectedAddr:
+                    self.reactor._logContexts.call(
+                        self, self.protocol.connectionRefused
+                    )
+            elif -res not in _READ_AGAIN:
+                self.reactor._logContexts.call(
+                    self,
+                    log.err,
+                    failure.Failure(OSError(-res, errno.errorcode.get(-res, "?"))),
+                    "Could not receive datagram",
+                )
+        if not self._recvOp and self._reading and self.connected:
+            self._armRecv()
+
+    def _decodeName(self, name: bytes) -> Any:
+        addr: Any = decodeAddress(name) if name else None
+        cache = self._nameCache
+        if len(cache) >= 1024:
+            cache.clear()
+        cache[name] = addr
+        return addr
+
+    def _deliver(self, data: bytes, addr: Any) -> None:
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except BaseException:
+            log.err()
+
+    # -- writing --------------------------------------------------------
+
+    def startWriting(self) -> None:
+        # Datagrams are sent by _flush, never on writability.
+        pass
+
+    def stopWriting(self) -> None:
+        pass
+
+    def write(  # type: ignore[override]
+        self, datagram: bytes, addr: Any = None
+    ) -> None:
+        """
+        Queue a datagram to C{addr} (or to the connected address), checked
+        as the epoll reactor checks it; it is sent at the end of this
+        iteration.
+        """
+        if self._connectedAddr:
+            assert addr in (None, self._connectedAddr)
+            name = None
+        else:
+            assert addr is not None
+            name = self._addressCache.get(addr)
+            if name is None:
+                name = self._encode(addr)
+        if type(datagram) is not bytes:
+            # As sendto: any bytes-like object, copied now.
+            datagram = bytes(memoryview(datagram))
+        if len(datagram) > _MAX_DATAGRAM[self.addressFamily]:
+            raise error.MessageLengthError("message too long")
+        self._queue.append(_Outgoing(self, datagram, name))
+        if not self._flushQueued:
+            self._flushQueued = True
+            self.reactor._flushQueue.append(self)
+            self._register()
+
+    def _encode(self, addr: Any) -> bytes:
+        host = addr[0]
+        if (
+            not abstract.isIPAddress(host)
+            and not abstract.isIPv6Address(host)
+            and host != "<broadcast>"
+        ):
+            raise error.InvalidAddressError(
+                host, "write() only accepts IP addresses, not hostnames"
+            )
+        if (
+            abstract.isIPAddress(host) or host == "<broadcast>"
+        ) and self.addressFamily == socket.AF_INET6:
+            raise error.InvalidAddressError(
+                host, "IPv6 port write() called with IPv4 or broadcast address"
+            )
+        if abstract.isIPv6Address(host) and self.addressFamily == socket.AF_INET:
+            raise error.InvalidAddressError(
+                host, "IPv4 port write() called with IPv6 address"
+            )
+        name = encodeAddress(self.addressFamily, addr)
+        cache = self._addressCache
+        if len(cache) >= 1024:
+            cache.clear()
+        try:
+            cache[addr] = name
+        except TypeError:
+            # An unhashable address (a list): fine, just not cached.
+            pass
+        return name
+
+    def _flush(self) -> bool:
+        """
+        Called by the reactor at the end of an iteration: send the queued
+        datagrams as one chain of linked sendmsg operations.
+        """
+        self._flushQueued = False
+        queue = self._queue
+        if not queue or not hasattr(self, "socket"):
+            return False
+        if len(queue) > _CHAIN_LIMIT:
+            batch = queue[:_CHAIN_LIMIT]
+            self._queue = queue[_CHAIN_LIMIT:]
+            self._flushQueued = True
+            self.reactor._flushQueue.append(self)
+        else:
+            batch = queue
+            self._queue = []
+        ring = self.reactor._ring
+        fd = self.socket.fileno()
+        last = len(batch) - 1
+        for i, out in enumerate(batch):
+            msg = out.msg = ffi.new("struct ur_msg *")
+            name = out.name
+            ud = ring.newOp(KIND_SEND, out)
+            rc = lib.ur_prep_sendmsg_to(
+                ring._ptr,
+                fd,
+                msg,
+                out.data,
+                len(out.data),
+                name if name is not None else ffi.NULL,
+                len(name) if name is not None else 0,
+                -1,
+                0,
+                i != last,
+                ud,
+            )
+            if rc < 0:
+                ring.abandon(ud, rc)
+        return False
+
+    def _sent(self, out: _Outgoing, res: int) -> None:
+        if res >= 0 or not self.connected:
+            return
+        if res == _ECANCELED:
+            # An earlier datagram of the same chain failed, so this one was
+            # never tried: send it with the next batch, keeping the order.
+            self._requeue(out)
+        elif res == _ECONNREFUSED:
+            if self._connectedAddr:
+                self.reactor._logContexts.call(self, self.protocol.connectionRefused)
+        else:
+            self.reactor._logContexts.call(
+                self,
+                log.err,
+                failure.Failure(OSError(-res, errno.errorcode.get(-res, "?"))),
+                "Could not send datagram",
+            )
+
+    def _requeue(self, out: _Outgoing) -> None:
+        out.msg = None
+        if self._retry is None:
+            self._retry = []
+        retry = self._retry
+        retry.append(out)
+        if len(retry) == 1:
+            # Once the chain's other completions are in, put the retried
+            # datagrams back at the head of the queue.
+            self.reactor.callLater(0, self._restoreRetries)
+
+    def _restoreRetries(self) -> None:
+        retry, self._retry = self._retry, None
+        if not retry or not self.connected:
+            return
+        self._queue[:0] = retry
+        if not self._flushQueued:
+            self._flushQueued = True
+            self.reactor._flushQueue.append(self)
+
+    # -- stopping -------------------------------------------------------
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """
+        Stop receiving, send what was written, close the socket once the
+        kernel has every operation that names it.
+        """
+        log.msg(f"(UDP Port {self._realPortNumber} Closed)")
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        self.stopReading()
+        self._flush()
+        self._queue = []
+        if self._registered:
+            self._registered = False
+            self.reactor._handles.discard(self)
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.reactor._ring.closeAfterSubmit(self.socket)
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
+
+
+@implementer(interfaces.IMulticastTransport)
+class MulticastPort(udp.MulticastMixin, Port):
+    """
+    A UDP port that supports multicast, receiving and sending through
+    io_uring.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        proto: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        reactor: Any = None,
+        listenMultiple: bool = False,
+    ) -> None:
+        Port.__init__(self, port, proto, interface, maxPacketSize, reactor)
+        self.listenMultiple = listenMultiple
+
+    createInternetSocket = udp.MulticastPort.createInternetSocket
