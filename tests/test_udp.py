@@ -223,3 +223,35 @@ def test_portsAreCompletionBased(uring: IOUringReactor) -> None:
         return submitted
 
     assert run(uring, work, timeout=20) >= 50
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp"])
+def test_addressIsFreeWhenStopListeningFires(anyReactor: Any, kind: str) -> None:
+    """
+    Once C{stopListening}'s Deferred fires, the port's address can be bound
+    again at once, even when the port stops in the iteration it started in.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    def listen(port: int) -> Any:
+        if kind == "udp":
+            return anyReactor.listenUDP(port, Record(), interface="127.0.0.1")
+        return anyReactor.listenTCP(
+            port, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        )
+
+    @inlineCallbacks
+    def work() -> Any:
+        rebound = 0
+        for delay in (0.0, 0.01):
+            first = listen(0)
+            number = first.getHost().port
+            if delay:
+                yield sleep(anyReactor, delay)
+            yield first.stopListening()
+            second = listen(number)
+            rebound += second.getHost().port == number
+            yield second.stopListening()
+        return rebound
+
+    assert run(anyReactor, work, timeout=20) == 2

@@ -212,7 +212,7 @@ class AcceptingPort:
                 skt.shutdown(2)
         except OSError:
             pass
-        self.reactor._ring.closeAfterSubmit(skt)
+        self.reactor._ring.closeAfterSubmit(skt, immediately=True)
 
 
 def _closeLateAccept(res: int, flags: int) -> None:

@@ -337,7 +337,9 @@ class Ring:
         self._check(lib.ur_prep_cancel(self._ptr, ud, _INTERNAL_UD))
         return True
 
-    def closeAfterSubmit(self, skt: socket.socket | int) -> None:
+    def closeAfterSubmit(
+        self, skt: socket.socket | int, immediately: bool = False
+    ) -> None:
         """
         Close a socket (or raw fd) once every SQE prepared so far has been
         handed to the kernel.
@@ -346,8 +348,18 @@ class Ring:
         only when the SQE is submitted; closing earlier could let a new file
         take the number and the operation act on the wrong file.  Operations
         already submitted hold their own reference to the file.
+
+        @param immediately: also submit what is prepared now and let the
+            kernel finish the cancellations that were waiting to drop their
+            reference to the socket, so that it is really closed before this
+            returns: a listening port must free its address by the time
+            C{stopListening}'s Deferred fires.
         """
-        if lib.ur_sq_ready(self._ptr) == 0:
+        if immediately:
+            self._pendingCloses.append(skt)
+            # Submits, runs the kernel's pending completion work, closes.
+            self.enter(0)
+        elif lib.ur_sq_ready(self._ptr) == 0:
             self._close(skt)
         else:
             self._pendingCloses.append(skt)

@@ -455,7 +455,7 @@ class Port(udp.Port):
             self.reactor._handles.discard(self)
         base.BasePort.connectionLost(self, reason)
         self.protocol.doStop()
-        self.reactor._ring.closeAfterSubmit(self.socket)
+        self.reactor._ring.closeAfterSubmit(self.socket, immediately=True)
         del self.socket
         del self.fileno
         if hasattr(self, "d"):
