@@ -2,13 +2,14 @@
 The io_uring reactor.
 
 L{IOUringReactor} is a L{PosixReactorBase}: timers, threads, signals, the
-waker, name resolution, processes, UNIX sockets and UDP come from Twisted.
-What changes is the event loop and the I/O underneath:
+waker, name resolution, processes and UNIX datagram sockets come from
+Twisted.  What changes is the event loop and the I/O underneath:
 
   - one C{io_uring_enter} per iteration submits every operation prepared
     since the last one and waits for completions, bounded by the next timer;
-  - TCP transports (L{uringreactor.tcp}) do their reads, writes and accepts
-    as io_uring operations;
+  - TCP and UNIX stream transports (L{uringreactor.tcp},
+    L{uringreactor.unix}) and UDP ports (L{uringreactor.udp}) do their
+    reads, writes and accepts as io_uring operations;
   - every other descriptor, anything given to C{addReader}/C{addWriter},
     gets readiness notifications from io_uring poll operations, with the
     same level-triggered meaning as epoll: a one-shot poll, re-armed after
