@@ -143,6 +143,8 @@ int ur_msg_flags(struct ur_msg *m);
 unsigned char *ur_msg_name(struct ur_msg *m);
 unsigned char *ur_msg_control(struct ur_msg *m);
 
+void ur_raise_malloc_thresholds(size_t size);
+
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
                      unsigned bufsize, int bgid);
 void ur_bufring_recycle(struct ur_bufring *b, unsigned bid);
@@ -657,6 +659,23 @@ unsigned char *ur_msg_name(struct ur_msg *m)
 unsigned char *ur_msg_control(struct ur_msg *m)
 {
     return m->control.buf;
+}
+
+/* glibc serves blocks below its mmap threshold (128 KiB at first) from the
+ * heap and gives the top of the heap back to the kernel once more than its
+ * trim threshold (twice the former) is free there.  Receives copied out of
+ * 64 KiB provided buffers make exactly that pattern: a few megabytes of
+ * 64 KiB bytes objects alive at once, then freed together, so the heap top
+ * is returned and every new object page-faults its memory back in.  glibc
+ * raises both thresholds by itself when a block it had mapped is freed
+ * (mallopt(3), "dynamic mmap threshold"); freeing one such block of `size`
+ * bytes moves them to where this workload needs them, without disabling
+ * that adjustment as mallopt would.  Elsewhere this is one malloc and free. */
+void ur_raise_malloc_thresholds(size_t size)
+{
+    /* volatile: compilers may drop a malloc whose block is never used */
+    void *volatile p = malloc(size);
+    free(p);
 }
 
 /* A provided-buffer ring set up by hand: liburing 2.3 lacks

@@ -107,6 +107,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             for one to come back.
         @param bufferSize: size of each provided receive buffer.
         """
+        _tuneAllocator()
         self._ring = Ring(ringEntries, completionEntries, features=features)
         self._bufferRing: BufferRing | None = None
         if "multishot_recv" in self._ring.features:
@@ -401,6 +402,24 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         The optional io_uring features this reactor uses.
         """
         return frozenset(self._ring.features.enabled)
+
+
+# See ur_raise_malloc_thresholds in build_ffi.py: with glibc, the heap then
+# keeps up to twice this much free memory rather than returning it to the
+# kernel at every swing of a few megabytes.
+_ALLOCATOR_THRESHOLD = 4 * 1024 * 1024
+_allocatorTuned = False
+
+
+def _tuneAllocator() -> None:
+    """
+    Once per process, let glibc's allocator keep the memory that copying
+    receives out of provided buffers churns through.
+    """
+    global _allocatorTuned
+    if not _allocatorTuned:
+        _allocatorTuned = True
+        lib.ur_raise_malloc_thresholds(_ALLOCATOR_THRESHOLD)
 
 
 def _noop(res: int, flags: int) -> None:
