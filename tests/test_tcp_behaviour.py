@@ -522,3 +522,41 @@ def test_tcpOptions(uring: Any) -> None:
     options, (host, peer) = run(uring, work)
     assert options == (True, True, False, False)
     assert host == peer
+
+
+def test_logEventsCarryTheProtocolsPrefix(anyReactor: Any) -> None:
+    """
+    What a protocol logs from C{dataReceived}, and the error logged when it
+    raises, carry its transport's log prefix as C{system}, as on epoll.
+    """
+    from twisted.python import log
+
+    events: list[dict[str, Any]] = []
+
+    class Talker(Collect):
+        def dataReceived(self, data: bytes) -> None:
+            log.msg("heard", data)
+            if data == b"boom":
+                raise ValueError("boom")
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor, cls=Talker)
+        client.transport.write(b"hello")
+        while not any("heard" in e.get("message", ()) for e in events):
+            yield sleep(anyReactor, 0.001)
+        client.transport.write(b"boom")
+        yield server.done
+        yield port.stopListening()
+        return server.transport.logPrefix()
+
+    log.addObserver(events.append)
+    try:
+        prefix = run(anyReactor, work)
+    finally:
+        log.removeObserver(events.append)
+    heard = [e for e in events if "heard" in e.get("message", ())]
+    errors = [e for e in events if e.get("isError")]
+    assert heard and all(e["system"] == prefix for e in heard)
+    assert len(errors) == 1 and errors[0]["system"] == prefix
+    assert errors[0]["failure"].check(ValueError)

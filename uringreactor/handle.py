@@ -47,6 +47,7 @@ from twisted.internet import main
 from twisted.python import log
 
 from uringreactor._liburing import ffi, lib
+from uringreactor.logcontext import ContextEntry
 from uringreactor.ring import (
     BUFFER_SHIFT,
     F_BUFFER,
@@ -260,18 +261,28 @@ class CompletionIO:
         """
         if res > 0 and self._reading:
             # The common case, kept short (this runs once per read): data
-            # for a reading transport, delivered within the protocol's log
-            # context (LogContexts.call, inlined).
+            # for a reading transport (BufferRing.take, inlined), delivered
+            # within the protocol's log context (LogContexts.call, inlined).
             reactor = self.reactor
-            data = reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
+            bufferRing = reactor._bufferRing
+            bufferId = flags >> BUFFER_SHIFT
+            data = _unpack(bufferRing._pointers[bufferId], res)
+            bufferRing._recycle(bufferRing._br, bufferId)
             logContexts = reactor._logContexts
             stack = logContexts.stack
             if stack is None:
                 logContexts.call(self, self._deliverInContext, data)
             else:
-                stack.append(logContexts.entryFor(self))
+                # _deliverInContext, inlined.
+                stack.append(ContextEntry(self, logContexts.base))
                 try:
-                    self._deliverInContext(data)
+                    try:
+                        why = self._dataReceived(data)  # type: ignore[attr-defined]
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        reactor._disconnectSelectable(self, why, True)
                 finally:
                     stack.pop()
             if flags & F_MORE:

@@ -10,7 +10,8 @@ anything else it does.
 
 L{LogContexts} gives the same context for less: once per event-loop
 iteration it finds the thread's context stack and the log context in force;
-entering a transport's context is then building one small dictionary, one
+entering a transport's context is then making one small object (the
+context dictionary is built from it only if something logs), one
 C{list.append} and one C{list.pop}.
 """
 
@@ -31,6 +32,40 @@ def _prefix(obj: Any) -> str:
     except BaseException:
         log.err(system="(buggy logPrefix method)")
         return "(buggy logPrefix method)"
+
+
+class ContextEntry:
+    """
+    A log-context stack entry for one object: it holds the log context
+    C{{ILogContext: {..., "system": obj.logPrefix()}}} of
+    C{log.callWithLogger}, built only when something asks for it (something
+    logs).  Most events log nothing, so most entries are never read: making
+    one is one small object, where the dictionaries cost three.
+
+    The context stack asks its entries for keys with C{entry[key]} and
+    moves on at C{KeyError} (L{twisted.python.context.ContextTracker}), which
+    is all an entry supports.
+    """
+
+    __slots__ = ("obj", "base")
+
+    def __init__(self, obj: Any, base: dict[str, Any]) -> None:
+        self.obj = obj
+        self.base = base
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        if key is not ILogContext:
+            raise KeyError(key)
+        obj = self.obj
+        try:
+            prefix = obj.logPrefix()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            prefix = _prefix(obj)
+        logContext = self.base.copy()
+        logContext["system"] = prefix
+        return logContext
 
 
 class LogContexts:
@@ -57,22 +92,11 @@ class LogContexts:
             # Someone installed their own tracker: use the general path.
             self.stack = None
 
-    def entryFor(self, obj: Any) -> dict[Any, Any]:
+    def entryFor(self, obj: Any) -> ContextEntry:
         """
-        The context dictionary to push while C{obj} handles an event.
-
-        Built afresh each time (about 0.15us): caching one per transport
-        would cost each idle connection some 400 bytes.
+        The context stack entry to push while C{obj} handles an event.
         """
-        try:
-            prefix = obj.logPrefix()
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
-            prefix = _prefix(obj)
-        logContext = self.base.copy()
-        logContext["system"] = prefix
-        return {ILogContext: logContext}
+        return ContextEntry(obj, self.base)
 
     def call(self, obj: Any, func: Callable[..., Any], *args: Any) -> Any:
         """
@@ -83,7 +107,7 @@ class LogContexts:
         stack = self.stack
         if stack is None:
             return log.callWithLogger(obj, func, *args)
-        entry = self.entryFor(obj)
+        entry = ContextEntry(obj, self.base)
         stack.append(entry)
         try:
             return func(*args)
