@@ -121,6 +121,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._writes: dict[Any, int] = {}
         self._handles: set[Any] = set()
         self._flushQueue: list[Any] = []
+        self._sendDirectly = False
         self._logContexts = LogContexts()
         posixbase.PosixReactorBase.__init__(self)
 
@@ -251,9 +252,13 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if queue:
             self._flushQueue = []
             ranApplicationCode = False
+            # Many sends go to the kernel together, in the one
+            # io_uring_enter below; a lone one goes directly.
+            self._sendDirectly = len(queue) == 1
             for handle in queue:
                 if handle._flush():
                     ranApplicationCode = True
+            self._sendDirectly = False
             if ranApplicationCode or self._flushQueue:
                 # A flush with nothing left to send finished a
                 # loseConnection or resumed a producer: that code may have

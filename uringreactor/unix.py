@@ -242,13 +242,14 @@ class MessageStreamIO(CompletionIO):
             del self._sendmsgQueue[0]
         self._sendDone(res, flags)
 
-    def _sendDone(self, res: int, flags: int) -> None:
-        super()._sendDone(res, flags)
+    def _sendDone(self, res: int, flags: int) -> bool:
+        ranApplicationCode = super()._sendDone(res, flags)
         if self._sendmsgQueue and not self._sendOp and not self.disconnected:
             # Descriptors wait for bytes to travel with: flush again, which
             # sends them or reports the overrun, as epoll's next doWrite
             # would.
             self.startWriting()
+        return ranApplicationCode
 
 
 class Server(MessageStreamIO, unix.Server):
