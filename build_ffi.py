@@ -693,8 +693,12 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
         return -EINVAL;
     b->ring_bytes = nbufs * sizeof(struct io_uring_buf);
+    /* Shared, not private: the kernel pins these pages when the ring is
+     * registered, and a fork (twistd daemonizing after the reactor is
+     * built) would give the child private copies of pinned pages, so the
+     * buffers it gives back would never reach the kernel. */
     mem = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE,
-               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+               MAP_ANONYMOUS | MAP_SHARED, -1, 0);
     if (mem == MAP_FAILED)
         return -errno;
     b->br = (struct io_uring_buf_ring *)mem;

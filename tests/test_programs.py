@@ -177,3 +177,62 @@ def test_twistdWebServesFilesToCurl(tmp_path: Path) -> None:
     assert "IOUringReactor" in log
     assert "Received SIGINT, shutting down." in log
     assert "Main loop terminated." in log
+
+
+def test_daemonizedTwistdKeepsServing(tmp_path: Path) -> None:
+    """
+    C{twistd} without C{-n} forks twice after the reactor is built and
+    before it runs: the daemon's reactor keeps working past the first uses
+    of everything it set up before the fork, e.g. more receives than the
+    provided-buffer ring has buffers.
+    """
+    twistd = _script("twistd")
+    port = _freePort()
+    (tmp_path / "index.html").write_bytes(b"from the daemon\n")
+    pidfile = tmp_path / "twistd.pid"
+    subprocess.run(
+        [
+            twistd,
+            "--reactor=iouring",
+            f"--pidfile={pidfile}",
+            f"--logfile={tmp_path / 'twistd.log'}",
+            "web",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--path",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        check=True,
+        timeout=60,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        import http.client
+
+        bodies = set()
+        served = 0
+        for _ in range(3):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for _ in range(600):
+                connection.request("GET", "/index.html")
+                response = connection.getresponse()
+                bodies.add(response.read())
+                served += response.status == 200
+            connection.close()
+        assert served == 1800
+        assert bodies == {b"from the daemon\n"}
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    log = (tmp_path / "twistd.log").read_text()
+    assert "reactor class: uringreactor.reactor.IOUringReactor" in log
+    assert "Traceback" not in log
