@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet import process, task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python.failure import Failure
@@ -55,7 +56,16 @@ def run(reactor: Any, work: Any, timeout: float = 60.0) -> Any:
 
     reactor.callWhenRunning(start)
     timer = reactor.callLater(timeout, expire)
+    # The reactor runs without its signal handlers (pytest owns the
+    # process's signals), so no SIGCHLD tells it to reap a child process
+    # that exits after closing its pipes, and that child's processEnded
+    # would never come: reap on a timer instead.
+    reaper = task.LoopingCall(process.reapAllProcesses)
+    reaper.clock = reactor
+    reaper.start(0.05, now=False)
     reactor.run(installSignalHandlers=False)
+    if reaper.running:
+        reaper.stop()
     if timer.active():
         timer.cancel()
     assert outcome, "reactor stopped without a result"
