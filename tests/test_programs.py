@@ -28,6 +28,10 @@ def _script(name: str) -> str:
     return str(path)
 
 
+def _defaultSigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _freePort() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -144,6 +148,10 @@ def test_twistdWebServesFilesToCurl(tmp_path: Path) -> None:
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # As started from a terminal: a test run launched in the background
+        # by a non-interactive shell ignores SIGINT, and an ignored SIGINT
+        # stays ignored across exec, so twistd would never see it.
+        preexec_fn=_defaultSigint,
     )
     try:
         _waitForPort(port, proc, time.monotonic() + 30)
@@ -165,7 +173,13 @@ def test_twistdWebServesFilesToCurl(tmp_path: Path) -> None:
             == hashlib.sha256(payload).digest()
         )
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"twistd did not stop on SIGINT:\n{out}") from None
         log = proc.stdout.read().decode() if proc.stdout else ""
     finally:
         if proc.poll() is None:
