@@ -11,6 +11,7 @@ import os
 import socket
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
@@ -371,5 +372,9 @@ def test_heapKeepsMemoryThatReceivesChurn() -> None:
         ).stdout
         return int(out)
 
-    assert mappedBlocks("plain") == 1
+    if mappedBlocks("plain") != 1:
+        pytest.skip(
+            "malloc here is not glibc's with its default thresholds (e.g. "
+            "AddressSanitizer's, or MALLOC_* settings)"
+        )
     assert mappedBlocks("reactor") == 0
