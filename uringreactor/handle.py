@@ -211,28 +211,34 @@ class CompletionIO:
         # socket and TCP pushes back on the peer.
 
     def _armRecv(self) -> None:
-        reactor = self.reactor
-        ring = reactor._ring
-        bufferRing = reactor._bufferRing
         try:
             fd = self.socket.fileno()
         except AttributeError:
             return
+        ring = self.reactor._ring
+        ud, rc = self._prepareRecv(ring, fd)
+        if rc < 0:
+            ring.abandon(ud, rc)
+        self._recvOp = ud
+
+    def _prepareRecv(self, ring: Any, fd: int) -> tuple[int, int]:
+        """
+        Prepare the receive operation for C{fd}.
+
+        @return: its C{user_data} and the preparation's result.
+        """
+        bufferRing = self.reactor._bufferRing
         if bufferRing is not None:
             # The transport itself handles its multishot receive (see
             # __call__): an idle connection then costs no bound-method
             # object in the operation table.
             ud = ring.newOp(KIND_RECV, self)
-            rc = _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
-        else:
-            buf = self._recvBuffer
-            if buf is None:
-                buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
-            ud = ring.newOp(KIND_RECV, self._recvDone)
-            rc = _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, ud)
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._recvOp = ud
+            return ud, _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
+        buf = self._recvBuffer
+        if buf is None:
+            buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
+        ud = ring.newOp(KIND_RECV, self._recvDone)
+        return ud, _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, ud)
 
     def _recvDone(self, res: int, flags: int) -> None:
         """
@@ -523,10 +529,8 @@ class CompletionIO:
                     False,
                 )
                 return True
-            self._sendKeep = (pieces,)
-            self._sendLength = length
             if sent == length:
-                return self._sendDone(length, 0)
+                return self._sent(length, length, pieces)
             pieces = self._remainder(pieces, sent)
             length -= sent
         ring = reactor._ring
@@ -576,6 +580,15 @@ class CompletionIO:
         self._sendOp = 0
         self._sendKeep = None
         self._sendLength = 0
+        return self._sent(res, length, pieces)
+
+    def _sent(self, res: int, length: int, pieces: list[Any]) -> bool:
+        """
+        C{res} bytes (or an error) of a send of C{length} bytes from
+        C{pieces} have gone: send the rest, or conclude.
+
+        @return: C{True} if that ran application code.
+        """
         if res == length:
             if self._leftover or self._tempDataBuffer:
                 self.startWriting()

@@ -92,12 +92,6 @@ class LogContexts:
             # Someone installed their own tracker: use the general path.
             self.stack = None
 
-    def entryFor(self, obj: Any) -> ContextEntry:
-        """
-        The context stack entry to push while C{obj} handles an event.
-        """
-        return ContextEntry(obj, self.base)
-
     def call(self, obj: Any, func: Callable[..., Any], *args: Any) -> Any:
         """
         Like C{log.callWithLogger(obj, func, *args)}: call C{func} with C{obj}'s

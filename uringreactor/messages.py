@@ -1,7 +1,8 @@
 """
-Decoding what recvmsg leaves in memory: control messages (descriptors
-passed with C{SCM_RIGHTS}), socket addresses, and the header that a
-multishot recvmsg writes at the start of each provided buffer.
+The memory of message operations: control messages (descriptors passed
+with C{SCM_RIGHTS}), socket addresses in C{struct sockaddr} form, and the
+header that a multishot recvmsg writes at the start of each provided
+buffer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from typing import Any
 
 from uringreactor._liburing import ffi, lib
 
@@ -17,6 +19,10 @@ from uringreactor._liburing import ffi, lib
 _CMSG_HEADER = struct.Struct("@Nii")
 _CMSG_ALIGN = struct.calcsize("@N")
 _CMSG_DATA = (_CMSG_HEADER.size + _CMSG_ALIGN - 1) & ~(_CMSG_ALIGN - 1)
+
+_SHORT = struct.Struct("=H")
+_PORT = struct.Struct("!H")
+_SCOPE = struct.Struct("=I")
 
 # struct io_uring_recvmsg_out: namelen, controllen, payloadlen, flags.
 RECVMSG_OUT = struct.Struct("=IIII")
@@ -78,3 +84,53 @@ def closeDescriptors(ancillary: Ancillary) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def decodeAddress(raw: bytes) -> tuple[str, int]:
+    """
+    C{(host, port)} for a C{struct sockaddr_in} or C{sockaddr_in6}, as the
+    epoll reactor passes it to C{datagramReceived} (no flow information;
+    the scope of a link-local IPv6 address as C{%interface}).
+    """
+    family = _SHORT.unpack_from(raw)[0]
+    port = _PORT.unpack_from(raw, 2)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntoa(raw[4:8]), port
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    scope = _SCOPE.unpack_from(raw, 24)[0]
+    if scope:
+        try:
+            host += "%" + socket.if_indextoname(scope)
+        except OSError:
+            host += "%" + str(scope)
+    return host, port
+
+
+def encodeAddress(family: int, addr: Any) -> bytes:
+    """
+    The C{struct sockaddr} for C{(host, port)} in C{family}, as C{sendto}
+    would build it; raises what C{sendto} raises for a bad port.
+    """
+    host, port = addr[0], addr[1]
+    if not isinstance(port, int):
+        raise TypeError(
+            f"'{type(port).__name__}' object cannot be interpreted as an integer"
+        )
+    if not 0 <= port <= 65535:
+        raise OverflowError("sendto(): port must be 0-65535.")
+    if family == socket.AF_INET:
+        packed = (
+            b"\xff\xff\xff\xff" if host == "<broadcast>" else socket.inet_aton(host)
+        )
+        return _SHORT.pack(family) + _PORT.pack(port) + packed + bytes(8)
+    scope = 0
+    if "%" in host:
+        host, _, name = host.partition("%")
+        scope = int(name) if name.isdigit() else socket.if_nametoindex(name)
+    return (
+        _SHORT.pack(family)
+        + _PORT.pack(port)
+        + bytes(4)
+        + socket.inet_pton(socket.AF_INET6, host)
+        + _SCOPE.pack(scope)
+    )

@@ -33,8 +33,8 @@ TTL, loopback, interface) are Twisted's.  What changes:
 from __future__ import annotations
 
 import errno
+import os
 import socket
-import struct
 from typing import Any
 
 from twisted.internet import abstract, base, error, interfaces, udp
@@ -42,6 +42,7 @@ from twisted.python import failure, log
 from zope.interface import implementer
 
 from uringreactor._liburing import ffi, lib
+from uringreactor.messages import RECVMSG_OUT, decodeAddress, encodeAddress
 from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, KIND_RECV, KIND_SEND
 
 # Largest UDP payloads: 65535 less the IPv4 and UDP headers, and less the
@@ -52,8 +53,7 @@ _MAX_DATAGRAM = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 # (a struct sockaddr_in6, 28 bytes, rounded up).
 _NAME_ROOM = 32
 
-_RECVMSG_OUT = struct.Struct("=IIII")
-_PAYLOAD_OFFSET = _RECVMSG_OUT.size + _NAME_ROOM
+_PAYLOAD_OFFSET = RECVMSG_OUT.size + _NAME_ROOM
 
 # Most datagrams one port chains per loop iteration; the rest go in the
 # next one.
@@ -76,60 +76,6 @@ _READ_AGAIN = {
 
 _ECANCELED = -errno.ECANCELED
 _ECONNREFUSED = -errno.ECONNREFUSED
-
-_SHORT = struct.Struct("=H")
-_PORT = struct.Struct("!H")
-_IPV6_TAIL = struct.Struct("=I")
-
-
-def encodeAddress(family: int, addr: Any) -> bytes:
-    """
-    The C{struct sockaddr} for C{(host, port)} in C{family}, as C{sendto}
-    would build it; raises what C{sendto} raises for a bad port.
-    """
-    host, port = addr[0], addr[1]
-    if not isinstance(port, int):
-        raise TypeError(
-            f"'{type(port).__name__}' object cannot be interpreted as an integer"
-        )
-    if not 0 <= port <= 65535:
-        raise OverflowError("sendto(): port must be 0-65535.")
-    if family == socket.AF_INET:
-        packed = (
-            b"\xff\xff\xff\xff" if host == "<broadcast>" else socket.inet_aton(host)
-        )
-        return _SHORT.pack(family) + _PORT.pack(port) + packed + bytes(8)
-    scope = 0
-    if "%" in host:
-        host, _, name = host.partition("%")
-        scope = int(name) if name.isdigit() else socket.if_nametoindex(name)
-    return (
-        _SHORT.pack(family)
-        + _PORT.pack(port)
-        + bytes(4)
-        + socket.inet_pton(socket.AF_INET6, host)
-        + _IPV6_TAIL.pack(scope)
-    )
-
-
-def decodeAddress(raw: bytes) -> tuple[str, int]:
-    """
-    C{(host, port)} for a C{struct sockaddr_in} or C{sockaddr_in6}, as the
-    epoll reactor passes it to C{datagramReceived} (no flow information;
-    the scope of a link-local IPv6 address as C{%interface}).
-    """
-    family = _SHORT.unpack_from(raw)[0]
-    port = _PORT.unpack_from(raw, 2)[0]
-    if family == socket.AF_INET:
-        return socket.inet_ntoa(raw[4:8]), port
-    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-    scope = _IPV6_TAIL.unpack_from(raw, 24)[0]
-    if scope:
-        try:
-            host += "%" + socket.if_indextoname(scope)
-        except OSError:
-            host += "%" + str(scope)
-    return host, port
 
 
 class _Outgoing:
@@ -246,11 +192,16 @@ class Port(udp.Port):
             self._recvOp = 0
         if res >= 0:
             if self._multishot:
-                raw = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
-                namelen, _, payloadlen, _ = _RECVMSG_OUT.unpack_from(raw)
-                name = raw[_RECVMSG_OUT.size : _RECVMSG_OUT.size + namelen]
+                # Header, address and payload copied straight out of the
+                # provided buffer, each once; then the buffer goes back.
+                bufferRing = self.reactor._bufferRing
+                bufferId = flags >> BUFFER_SHIFT
+                raw = ffi.buffer(bufferRing._pointers[bufferId], res)
+                namelen, _, payloadlen, _ = RECVMSG_OUT.unpack_from(raw)
+                name = raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen]
                 size = min(payloadlen, self.maxPacketSize)
                 data = raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size]
+                bufferRing.recycle(bufferId)
             else:
                 msg = self._recvMsg
                 name = ffi.buffer(lib.ur_msg_name(msg), lib.ur_msg_namelen(msg))[:]
@@ -268,12 +219,7 @@ class Port(udp.Port):
                         self, self.protocol.connectionRefused
                     )
             elif -res not in _READ_AGAIN:
-                self.reactor._logContexts.call(
-                    self,
-                    log.err,
-                    failure.Failure(OSError(-res, errno.errorcode.get(-res, "?"))),
-                    "Could not receive datagram",
-                )
+                self._logError(res, "Could not receive datagram")
         if not self._recvOp and self._reading and self.connected:
             self._armRecv()
 
@@ -410,12 +356,15 @@ class Port(udp.Port):
             if self._connectedAddr:
                 self.reactor._logContexts.call(self, self.protocol.connectionRefused)
         else:
-            self.reactor._logContexts.call(
-                self,
-                log.err,
-                failure.Failure(OSError(-res, errno.errorcode.get(-res, "?"))),
-                "Could not send datagram",
-            )
+            self._logError(res, "Could not send datagram")
+
+    def _logError(self, res: int, why: str) -> None:
+        """
+        Log the error of a failed operation, in this port's log context.
+        """
+        self.reactor._logContexts.call(
+            self, log.err, failure.Failure(OSError(-res, os.strerror(-res))), why
+        )
 
     def _requeue(self, out: _Outgoing) -> None:
         out.msg = None

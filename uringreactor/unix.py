@@ -62,20 +62,14 @@ class MessageStreamIO(CompletionIO):
 
     # -- reading --------------------------------------------------------
 
-    def _armRecv(self) -> None:
-        reactor = self.reactor
-        ring = reactor._ring
-        bufferRing = reactor._bufferRing
-        try:
-            fd = self.socket.fileno()
-        except AttributeError:
-            return
+    def _prepareRecv(self, ring: Any, fd: int) -> tuple[int, int]:
+        bufferRing = self.reactor._bufferRing
         msg = self._msg
         if msg is None:
             msg = self._msg = ffi.new("struct ur_msg *")
         ud = ring.newOp(KIND_RECV, self._recvmsgDone)
         if bufferRing is not None:
-            rc = lib.ur_prep_recvmsg_into(
+            return ud, lib.ur_prep_recvmsg_into(
                 ring._ptr,
                 fd,
                 msg,
@@ -86,16 +80,12 @@ class MessageStreamIO(CompletionIO):
                 bufferRing.groupId,
                 ud,
             )
-        else:
-            buf = self._recvBuffer
-            if buf is None:
-                buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
-            rc = lib.ur_prep_recvmsg_into(
-                ring._ptr, fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, ud
-            )
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._recvOp = ud
+        buf = self._recvBuffer
+        if buf is None:
+            buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
+        return ud, lib.ur_prep_recvmsg_into(
+            ring._ptr, fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, ud
+        )
 
     def _recvmsgDone(self, res: int, flags: int) -> None:
         self._recvOp = 0
