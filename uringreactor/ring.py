@@ -193,6 +193,9 @@ class Ring:
             # which counts against RLIMIT_MEMLOCK in most containers.
             completionEntries = entries * 8
         self._setUp(entries, completionEntries)
+        if "spin_wait" in features:
+            self._ptr.spin_max_ns = features.spinMicroseconds * 1000
+            self._ptr.spin_ns = self._ptr.spin_max_ns
         self.ops: dict[int, Handler] = {}
         self._ids = itertools.count(256, 256)
         self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
@@ -228,6 +231,12 @@ class Ring:
                     | submitAll,
                 )
             )
+            if "spin_wait" in features:
+                # Pending deferred work is then flagged in the SQ ring,
+                # where a spinning loop can see it (6.1 may refuse this).
+                attempts.insert(
+                    0, ("defer_taskrun", attempts[0][1] | lib.IORING_SETUP_TASKRUN_FLAG)
+                )
         if "coop_taskrun" in features:
             attempts.append(
                 (
@@ -267,6 +276,9 @@ class Ring:
                         features.discard(rejected)
                 if name == "defer_taskrun":
                     features.discard("coop_taskrun")
+                    if not flags & lib.IORING_SETUP_TASKRUN_FLAG:
+                        # Deferred work would stay invisible to a spin.
+                        features.discard("spin_wait")
                 if not flags & lib.IORING_SETUP_SUBMIT_ALL:
                     features.discard("submit_all")
                 return
@@ -506,7 +518,8 @@ class Ring:
         Counters of the ring's use since it was created: C{enters} (calls that
         may enter the kernel), C{sqes} (operations prepared), C{cqes}
         (completions reaped), C{sq_full} (submissions forced by a full
-        submission queue) and C{in_flight}.
+        submission queue), C{in_flight}, C{spins} (waits that spun before
+        blocking) and C{spin_hits} (spins that found work).
         """
         p = self._ptr
         return {
@@ -515,6 +528,8 @@ class Ring:
             "cqes": int(p.cqes),
             "sq_full": int(p.sq_full),
             "in_flight": int(p.inflight),
+            "spins": int(p.spins),
+            "spin_hits": int(p.spin_hits),
         }
 
     @property
