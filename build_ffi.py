@@ -353,15 +353,11 @@ static int ur_spin_then_wait(struct ur_ring *r, long long timeout_ns)
     long long budget = r->spin_ns, slept;
     int ret;
 
-    if (budget > 0 && (timeout_ns < 0 || timeout_ns > budget)) {
-        if (io_uring_sq_ready(&r->ring)) {
-            /* One enter submits and collects what is already done; on a
-             * busy loop, that is the whole iteration. */
-            ret = io_uring_submit_and_get_events(&r->ring);
-            if (ret < 0 || io_uring_cq_ready(&r->ring))
-                return ret;
-            r->enters++;
-        }
+    /* Only an iteration with nothing to submit spins: one that submits is
+     * busy moving data, where a wait that returns as soon as possible would
+     * only split the batches (and take two enters instead of one). */
+    if (budget > 0 && (timeout_ns < 0 || timeout_ns > budget) &&
+        !io_uring_sq_ready(&r->ring)) {
         r->spins++;
         if (ur_spin(r, budget)) {
             r->spin_hits++;

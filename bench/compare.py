@@ -66,7 +66,10 @@ FULL = [
     Scenario("10000 idle conns (memory)", 10000, 64, 0, "idle"),
 ]
 
-FULL_REACTORS = "iouring,epoll,poll,uvloop,uvloop-plain"
+# The native reference: an epoll echo server in C (bench/echo_server.c).
+NATIVE = "c-epoll"
+
+FULL_REACTORS = "iouring,iouring-nospin,epoll,poll,uvloop,uvloop-plain," + NATIVE
 
 
 def available(reactor: str) -> bool:
@@ -81,18 +84,34 @@ def available(reactor: str) -> bool:
     return True
 
 
-def buildLoadgen() -> Path:
+def _buildNative(name: str) -> Path:
     """
-    Compile the load generator if it is missing or older than its source.
+    Compile C{bench/NAME.c} if its binary is missing or older than it.
     """
-    source = HERE / "loadgen.c"
-    binary = BUILD / "loadgen"
+    source = HERE / f"{name}.c"
+    binary = BUILD / name
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         BUILD.mkdir(exist_ok=True)
         subprocess.run(
             ["cc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True
         )
     return binary
+
+
+def buildLoadgen() -> Path:
+    """
+    Compile the load generator (and the native reference server).
+    """
+    _buildNative("echo_server")
+    return _buildNative("loadgen")
+
+
+def echoOnly(reactor: str) -> bool:
+    """
+    Whether a server serves only the echo app: the references without
+    Twisted.
+    """
+    return reactor.endswith("-plain") or reactor == NATIVE
 
 
 def _pin(cpu: int) -> Any:
@@ -104,8 +123,12 @@ def _pin(cpu: int) -> Any:
 
 
 def _startServer(reactor: str, app: str) -> tuple[subprocess.Popen[str], int]:
+    if reactor == NATIVE:
+        command = [str(BUILD / "echo_server")]
+    else:
+        command = [sys.executable, str(HERE / "server.py"), reactor, "--app", app]
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "server.py"), reactor, "--app", app],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -283,7 +306,7 @@ def table(
     scenarios: list[Scenario], reactors: list[str], summary: dict[Any, Any]
 ) -> str:
     header = (
-        f"{'scenario':30s} {'reactor':13s} {'req/s':>9s} {'spread':>15s} "
+        f"{'scenario':30s} {'reactor':15s} {'req/s':>9s} {'spread':>15s} "
         f"{'us/req':>7s} {'p50us':>7s} {'p99us':>7s} {'x epoll':>8s} "
         f"{'cpu x':>6s} {'lg cpu':>6s} {'enters/req':>10s}"
     )
@@ -302,7 +325,7 @@ def table(
                     else float("nan")
                 )
                 lines.append(
-                    f"{sc.name:30s} {reactor:13s} {s['bytes_per_connection']:9.0f} "
+                    f"{sc.name:30s} {reactor:15s} {s['bytes_per_connection']:9.0f} "
                     f"{'bytes/conn':>15s} {'':>7s} {'':>7s} {'':>7s} "
                     f"{ratio:7.2f}x{flag}"
                 )
@@ -314,7 +337,7 @@ def table(
                 f"{s['enters_per_req']:.3f}" if s["enters_per_req"] is not None else "-"
             )
             lines.append(
-                f"{sc.name:30s} {reactor:13s} {s['rps']:9.0f} {spread:>15s} "
+                f"{sc.name:30s} {reactor:15s} {s['rps']:9.0f} {spread:>15s} "
                 f"{s['us_per_req']:7.2f} {s['p50_us']:7.0f} {s['p99_us']:7.0f} "
                 f"{ratio:7.2f}x {cpuRatio:5.2f}x {s['loadgen_cpu'] * 100:5.0f}% "
                 f"{enters:>10s}{flag}"
@@ -424,7 +447,7 @@ def main() -> int:
     for sc in scenarios:
         for rnd in range(args.rounds):
             for reactor in reactors:
-                if sc.kind == "web" and reactor.endswith("-plain"):
+                if sc.kind == "web" and echoOnly(reactor):
                     continue
                 r = measure(loadgen, reactor, sc, args.warmup, args.seconds)
                 runs.setdefault((sc.name, reactor), []).append(r)
@@ -435,7 +458,7 @@ def main() -> int:
                         f"{r['rps']:9.0f} req/s {r['server_us_per_req']:6.2f} us/req"
                     )
                 print(
-                    f"  {sc.name:30s} round {rnd + 1} {reactor:13s} {detail}",
+                    f"  {sc.name:30s} round {rnd + 1} {reactor:15s} {detail}",
                     flush=True,
                 )
     summary = {key: summarize(value) for key, value in runs.items()}

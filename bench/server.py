@@ -3,7 +3,8 @@ Benchmark servers, on a reactor chosen by name.
 
     python bench/server.py REACTOR [--app echo|web] [--port N]
 
-REACTOR is one of: iouring, epoll, poll, asyncio (Twisted on asyncio),
+REACTOR is one of: iouring, iouring-nospin (without the spin before
+blocking, URINGREACTOR_SPIN_US=0), epoll, poll, asyncio (Twisted on asyncio),
 uvloop (Twisted on asyncio with uvloop), asyncio-plain and uvloop-plain (an
 asyncio server without Twisted, as a reference; echo only).
 
@@ -24,8 +25,13 @@ import sys
 
 
 def _installTwisted(name: str) -> None:
-    if name == "iouring":
+    if name in ("iouring", "iouring-nospin"):
+        import os
+
         import uringreactor
+
+        if name == "iouring-nospin":
+            os.environ["URINGREACTOR_SPIN_US"] = "0"
 
         uringreactor.install()
     elif name == "epoll":

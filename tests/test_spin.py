@@ -146,6 +146,23 @@ def test_noSpinWithinShortTimeout() -> None:
         ring.close()
 
 
+def test_noSpinWhenSubmitting() -> None:
+    """
+    An iteration that submits work is busy moving data: it submits and waits
+    in one enter instead of spinning, which would split its batches.
+    """
+    ring = _ring(1_000_000)
+    receiver = _Receiver(ring)
+    try:
+        receiver.remote.send(b"ready")
+        ring.enter(None)
+        ring.dispatch()
+        assert receiver.received() == b"ready"
+        assert ring.counters()["spins"] == 0
+    finally:
+        receiver.close()
+
+
 def _budget(ring: Ring) -> int:
     ptr: Any = ring._ptr
     return int(ptr.spin_ns)
