@@ -33,4 +33,4 @@ assert "build/asan" in m.__file__, "the instrumented build is not the one import
 ldd uringreactor/_liburing*.so | grep -q asan || { echo "extension not instrumented"; exit 1; }
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_lifetime.py tests/test_faults.py tests/test_tcp_behaviour.py \
-    tests/test_unix.py tests/test_udp.py "$@"
+    tests/test_unix.py tests/test_udp.py tests/test_spin.py "$@"
