@@ -41,7 +41,7 @@ import errno
 import socket
 import struct
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main
 from twisted.python import log
@@ -118,7 +118,15 @@ def _coalesce(pieces: list[Any], length: int) -> list[Any]:
     return out
 
 
-class CompletionIO:
+if TYPE_CHECKING:
+    # What the host class provides, and what the type checker should know
+    # the mixin is mixed into (a base with slots only would hide __dict__).
+    from twisted.internet.abstract import FileDescriptor as _Host
+else:
+    _Host = object
+
+
+class CompletionIO(_Host):
     """
     Mixin for a L{twisted.internet.abstract.FileDescriptor} over a stream
     socket whose reads and writes are io_uring operations.
@@ -145,29 +153,80 @@ class CompletionIO:
     _writeDisconnecting: bool
     _writeDisconnected: bool
 
-    # Reading state.
-    _reading = False
-    _recvOp = 0
-    _recvBuffer: Any = None
-    _held: list[Any] | None = None
-    _heldEnd: Exception | None = None
-    _deliverCall: Any = None
-    # A cancelled multishot receive may still complete with data; nothing is
-    # re-armed until its final completion, so data cannot reorder.
-    _recvDraining = False
+    _reading: bool
+    _recvOp: int
+    _recvBuffer: Any
+    _held: list[Any] | None
+    _heldEnd: Exception | None
+    _deliverCall: Any
+    _recvDraining: bool
+    _registered: bool
+    _writing: bool
+    _flushQueued: bool
+    _sendOp: int
+    _sendKeep: Any
+    _sendLength: int
+    _leftover: list[Any] | None
+    _leftoverLength: int
+    _aborting: bool
 
-    # Whether the reactor lists this transport (see IOUringReactor._handles).
-    _registered = False
+    # The transport's own state lives in slots, not in the instance
+    # dictionary: CPython keeps an instance's attributes in a compact array
+    # only while the class has seen at most 30 attribute names, and a
+    # connection that adds a name past that gets a full dictionary (about
+    # 830 bytes more).  Twisted's classes bring most of those names;
+    # connections that close or register producers bring more.
+    __slots__ = (
+        # Reading: whether the protocol wants data, the receive in flight,
+        # its buffer (single-shot receives), data and an end of stream
+        # held while reading is paused, the call that will deliver them,
+        # and whether a cancelled multishot receive may still deliver data
+        # (nothing is re-armed until its final completion, so data cannot
+        # reorder).
+        "_reading",
+        "_recvOp",
+        "_recvBuffer",
+        "_held",
+        "_heldEnd",
+        "_deliverCall",
+        "_recvDraining",
+        # Whether the reactor lists this transport (IOUringReactor._handles).
+        "_registered",
+        # Writing: whether output is wanted, whether the reactor will flush
+        # this iteration, the send in flight (its operation, what it keeps
+        # alive and its length) and what waits for it.
+        "_writing",
+        "_flushQueued",
+        "_sendOp",
+        "_sendKeep",
+        "_sendLength",
+        "_leftover",
+        "_leftoverLength",
+        "_aborting",
+    )
 
-    # Writing state.
-    _writing = False
-    _flushQueued = False
-    _sendOp = 0
-    _sendKeep: Any = None
-    _sendLength = 0
-    _leftover: list[Any] | None = None
-    _leftoverLength = 0
-    _aborting = False
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Slots have no class defaults: set them here, before the host
+        # class's constructor (which starts reading) and only once (Twisted
+        # calls a connection's __init__ again on a connected client).
+        self = super().__new__(cls)
+        self._reading = False
+        self._recvOp = 0
+        self._recvBuffer = None
+        self._held = None
+        self._heldEnd = None
+        self._deliverCall = None
+        self._recvDraining = False
+        self._registered = False
+        self._writing = False
+        self._flushQueued = False
+        self._sendOp = 0
+        self._sendKeep = None
+        self._sendLength = 0
+        self._leftover = None
+        self._leftoverLength = 0
+        self._aborting = False
+        return self
 
     # -- reading --------------------------------------------------------
 
