@@ -426,6 +426,7 @@ def test_connectionStateStaysCompact(uring: IOUringReactor) -> None:
         yield sleep(uring, 0.05)
         transports[2].resumeProducing()
         for t in transports:
+            t.getHost()
             names.update(vars(t))
         transports[1].unregisterProducer()
         transports[0].loseWriteConnection()

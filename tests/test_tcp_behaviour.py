@@ -560,3 +560,33 @@ def test_logEventsCarryTheProtocolsPrefix(anyReactor: Any) -> None:
     assert heard and all(e["system"] == prefix for e in heard)
     assert len(errors) == 1 and errors[0]["system"] == prefix
     assert errors[0]["failure"].check(ValueError)
+
+
+def test_serverHostAddress(anyReactor: Any) -> None:
+    """
+    A server connection's C{getHost} is its local address, a new object on
+    each call, and unavailable once the connection is lost, as on epoll
+    (where the socket is gone then).
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        first = server.transport.getHost()
+        second = server.transport.getHost()
+        client.transport.loseConnection()
+        yield server.done
+        try:
+            server.transport.getHost()
+        except AttributeError:
+            afterLoss = None
+        else:
+            afterLoss = "an address"
+        listening = port.getHost()
+        yield port.stopListening()
+        return first, second, afterLoss, listening
+
+    first, second, afterLoss, listening = run(anyReactor, work)
+    assert first == second == listening
+    assert first is not second
+    assert afterLoss is None

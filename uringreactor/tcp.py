@@ -11,6 +11,8 @@ the I/O underneath changes (see L{uringreactor.handle}).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import tcp
 
 from uringreactor.accepting import AcceptingPort
@@ -30,6 +32,21 @@ class Server(CompletionIO, tcp.Server):
     """
 
     _base = Connection
+    # The local address, which an accepted socket keeps for its lifetime.
+    _sockname: Any = None
+
+    def getHost(self) -> Any:
+        """
+        The local address, as L{tcp.Server.getHost} gives it, asking the
+        kernel only once: twisted.web asks for every request.
+        """
+        # After the connection is lost there is no socket, and this raises
+        # as it does on epoll.
+        skt = self.socket
+        sockname = self._sockname
+        if sockname is None:
+            sockname = self._sockname = tcp._getsockname(skt)
+        return self._addressType("TCP", *sockname)
 
 
 class Client(PollConnecting, CompletionIO, tcp.Client):
