@@ -194,6 +194,7 @@ struct ur_ring {
     long long spin_ns;           /* current budget, adapted to the traffic */
     unsigned long long spins;    /* waits that spun first */
     unsigned long long spin_hits;/* ... and found work while spinning */
+    unsigned long long cqes_at_wait; /* cqes when the last wait began */
 };
 
 struct ur_cqe {
@@ -320,6 +321,9 @@ static inline int ur_has_work(struct ur_ring *r)
             (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
 }
 
+/* The most completions an iteration may have handled and still spin. */
+#define UR_SPIN_MAX_BATCH 4
+
 /* Spin up to budget_ns for work; 1 if some arrived. */
 static int ur_spin(struct ur_ring *r, long long budget_ns)
 {
@@ -351,13 +355,16 @@ static int ur_spin(struct ur_ring *r, long long budget_ns)
 static int ur_spin_then_wait(struct ur_ring *r, long long timeout_ns)
 {
     long long budget = r->spin_ns, slept;
+    unsigned long long handled = r->cqes - r->cqes_at_wait;
     int ret;
 
-    /* Only an iteration with nothing to submit spins: one that submits is
-     * busy moving data, where a wait that returns as soon as possible would
-     * only split the batches (and take two enters instead of one). */
+    r->cqes_at_wait = r->cqes;
+    /* Only a loop that waits for its next few events spins.  One that
+     * submits work, or handled a large batch since its last wait, is busy
+     * moving data: a wait that returns at the first event would only split
+     * its batches (and take two enters instead of one). */
     if (budget > 0 && (timeout_ns < 0 || timeout_ns > budget) &&
-        !io_uring_sq_ready(&r->ring)) {
+        handled <= UR_SPIN_MAX_BATCH && !io_uring_sq_ready(&r->ring)) {
         r->spins++;
         if (ur_spin(r, budget)) {
             r->spin_hits++;

@@ -163,6 +163,33 @@ def test_noSpinWhenSubmitting() -> None:
         receiver.close()
 
 
+def test_noSpinAfterLargeBatch() -> None:
+    """
+    A loop that has just handled more than a few completions is moving
+    data, not waiting for the next request: its next wait does not spin.
+    """
+    ring = _ring(1000)
+    receivers = [_Receiver(ring) for _ in range(6)]
+    try:
+        for receiver in receivers:
+            receiver.remote.send(b"data")
+        # The data is there already: every receive completes as it is
+        # submitted, and one dispatch handles all six.
+        ring.enter(0)
+        ring.dispatch()
+        assert all(r.received() == b"data" for r in receivers)
+        spins = ring.counters()["spins"]
+        ring.enter(0.05)
+        assert ring.counters()["spins"] == spins
+        ring.enter(0.05)
+        assert ring.counters()["spins"] == spins + 1
+    finally:
+        for receiver in receivers:
+            receiver.local.close()
+            receiver.remote.close()
+        ring.close()
+
+
 def _budget(ring: Ring) -> int:
     ptr: Any = ring._ptr
     return int(ptr.spin_ns)
