@@ -202,13 +202,15 @@ def test_memlockExhaustionExplained() -> None:
         timeout=120,
     )
     assert "CAPACITY" in result.stdout, result.stdout + result.stderr
+    capacity = int(result.stdout.split("CAPACITY", 1)[1].split()[0])
+    if capacity == 0:
+        # The limit is accounted per user: rings held by other processes of
+        # the same user (outside a container too) can use all of it.
+        pytest.skip("this user's locked memory is already used up elsewhere")
     assert "DROPPED OK" in result.stdout, result.stdout + result.stderr
     assert "KEPT" in result.stdout, result.stdout + result.stderr
     message = result.stdout.split("MESSAGE", 1)[1]
     assert "ENOMEM" in message
-    capacity = int(result.stdout.split("CAPACITY", 1)[1].split()[0])
-    if capacity == 0:
-        pytest.skip("this user's locked memory is already used up elsewhere")
     assert capacity < 100
     assert "RLIMIT_MEMLOCK, here 4096 KiB" in message
     assert "--ulimit memlock=-1" in message
