@@ -98,9 +98,10 @@ def _buildNative(name: str) -> Path:
     return binary
 
 
-def buildLoadgen() -> Path:
+def buildNative() -> Path:
     """
-    Compile the load generator (and the native reference server).
+    Compile the load generator and the native reference server; return the
+    load generator.
     """
     _buildNative("echo_server")
     return _buildNative("loadgen")
@@ -434,7 +435,7 @@ def main() -> int:
     if args.scenarios:
         wanted = {w.strip() for w in args.scenarios.split(";")}
         scenarios = [s for s in scenarios if s.name in wanted]
-    loadgen = buildLoadgen()
+    loadgen = buildNative()
     info = machine()
     print(
         f"benchmark: {', '.join(reactors)}; {args.rounds} rounds of "

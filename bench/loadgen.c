@@ -152,7 +152,7 @@ static double self_cpu(void)
            ru.ru_stime.tv_usec / 1e6;
 }
 
-static unsigned char *sendbuf; /* scratch for building messages */
+static unsigned char *sendbuf; /* the memory scenario's warm-up messages */
 
 /* Resident set size of process pid, in KiB. */
 static long rss_of(int pid)

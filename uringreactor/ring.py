@@ -219,24 +219,23 @@ class Ring:
         attempts: list[tuple[str | None, int]] = []
         submitAll = lib.IORING_SETUP_SUBMIT_ALL if "submit_all" in features else 0
         if "defer_taskrun" in features:
-            attempts.append(
-                (
-                    "defer_taskrun",
-                    lib.IORING_SETUP_SINGLE_ISSUER
-                    | lib.IORING_SETUP_DEFER_TASKRUN
-                    # The single issuer becomes the thread that enables the
-                    # ring: the one running the event loop, which need not
-                    # be the one that built the reactor.
-                    | lib.IORING_SETUP_R_DISABLED
-                    | submitAll,
-                )
+            deferred = (
+                lib.IORING_SETUP_SINGLE_ISSUER
+                | lib.IORING_SETUP_DEFER_TASKRUN
+                # The single issuer becomes the thread that enables the
+                # ring: the one running the event loop, which need not be
+                # the one that built the reactor.
+                | lib.IORING_SETUP_R_DISABLED
+                | submitAll
             )
             if "spin_wait" in features:
                 # Pending deferred work is then flagged in the SQ ring,
-                # where a spinning loop can see it (6.1 may refuse this).
-                attempts.insert(
-                    0, ("defer_taskrun", attempts[0][1] | lib.IORING_SETUP_TASKRUN_FLAG)
+                # where a spinning loop can see it; if the kernel refuses
+                # the combination, the next attempt goes without it.
+                attempts.append(
+                    ("defer_taskrun", deferred | lib.IORING_SETUP_TASKRUN_FLAG)
                 )
+            attempts.append(("defer_taskrun", deferred))
         if "coop_taskrun" in features:
             attempts.append(
                 (
