@@ -90,6 +90,7 @@ struct ur_bufring {
     char *base;
     unsigned nbufs;
     unsigned bufsize;
+    unsigned circulating;
     int bgid;
     ...;
 };
@@ -150,7 +151,8 @@ unsigned char *ur_msg_control(struct ur_msg *m);
 void ur_raise_malloc_thresholds(size_t size);
 
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     unsigned bufsize, int bgid);
+                     unsigned bufsize, int bgid, unsigned circulating);
+unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more);
 void ur_bufring_recycle(struct ur_bufring *b, unsigned bid);
 void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
 """
@@ -210,6 +212,7 @@ struct ur_bufring {
     unsigned nbufs;
     unsigned bufsize;
     unsigned mask;
+    unsigned circulating;   /* buffers 0 .. circulating-1 are in use */
     int bgid;
 };
 
@@ -780,19 +783,30 @@ void ur_raise_malloc_thresholds(size_t size)
     free(p);
 }
 
+unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more);
+
 /* A provided-buffer ring set up by hand: liburing 2.3 lacks
  * io_uring_setup_buf_ring, which does exactly this (page-aligned ring memory,
- * init, register).  All buffers are handed to the kernel at once. */
+ * init, register).
+ *
+ * Only the first `circulating` buffers are handed to the kernel; the rest
+ * join them when the kernel runs short (ur_bufring_grow).  The ring is a
+ * FIFO, so every buffer in circulation is written once per lap: with all of
+ * them in use, large reads would sweep the whole area (32 MiB by default)
+ * through the CPU caches, and each copy would miss.  A small circulating
+ * set stays cache-hot; the memory of buffers never circulated is never
+ * touched. */
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     unsigned bufsize, int bgid)
+                     unsigned bufsize, int bgid, unsigned circulating)
 {
     struct io_uring_buf_reg reg;
     void *mem;
-    unsigned i;
     int ret;
 
     memset(b, 0, sizeof(*b));
     if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
+        return -EINVAL;
+    if (circulating == 0 || circulating > nbufs)
         return -EINVAL;
     b->ring_bytes = nbufs * sizeof(struct io_uring_buf);
     /* Shared, not private: the kernel pins these pages when the ring is
@@ -830,11 +844,27 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     b->bufsize = bufsize;
     b->mask = io_uring_buf_ring_mask(nbufs);
     b->bgid = bgid;
-    for (i = 0; i < nbufs; i++)
-        io_uring_buf_ring_add(b->br, b->base + (size_t)i * bufsize, bufsize,
-                              i, b->mask, i);
-    io_uring_buf_ring_advance(b->br, nbufs);
+    ur_bufring_grow(b, circulating);
     return 0;
+}
+
+/* Hand up to `more` buffers not yet in circulation to the kernel; returns
+ * how many circulate now.  Buffers never leave circulation, so the ring,
+ * sized for all of them, cannot overflow. */
+unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more)
+{
+    unsigned i, n = b->nbufs - b->circulating;
+
+    if (more < n)
+        n = more;
+    for (i = 0; i < n; i++) {
+        unsigned bid = b->circulating + i;
+        io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
+                              b->bufsize, bid, b->mask, i);
+    }
+    io_uring_buf_ring_advance(b->br, n);
+    b->circulating += n;
+    return b->circulating;
 }
 
 /* Give buffer bid back to the kernel once its bytes have been copied. */

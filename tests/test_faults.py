@@ -272,6 +272,59 @@ def test_silentPeerDoesNotBlockOthers(uring: IOUringReactor) -> None:
     assert run(uring, work) == [b"still serving"] * 20
 
 
+def test_buffersJoinCirculationWhenReceivesRunShort() -> None:
+    """
+    A reactor puts only a few of its provided buffers in circulation at
+    first.  When many connections have data at once, receives find none
+    free: more buffers join (twice as many per loop iteration, never more
+    than there are), and every byte still arrives.
+    """
+    reactor = IOUringReactor(bufferCount=64, bufferSize=1024, buffersAtStart=2)
+    if reactor._bufferRing is None:
+        pytest.skip("this kernel has no provided buffer rings")
+    assert reactor.ioCounters()["buffers"] == 2
+    conns = 30
+    payload = [bytes([i]) * 8192 for i in range(conns)]
+
+    @inlineCallbacks
+    def work() -> Any:
+        received: dict[int, list[bytes]] = {}
+        done: Deferred[None] = Deferred()
+
+        class Sink(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                chunks = received.setdefault(data[0], [])
+                chunks.append(data)
+                if sum(map(len, chunks)) == 8192 and len(received) == conns:
+                    if all(sum(map(len, c)) == 8192 for c in received.values()):
+                        done.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Sink), interface="127.0.0.1")
+        peers = [
+            socket.create_connection(("127.0.0.1", port.getHost().port))
+            for _ in range(conns)
+        ]
+        yield sleep(reactor, 0.05)
+        # All at once, while the reactor is not looking: their receives
+        # complete together and outnumber the buffers in circulation.
+        for i, s in enumerate(peers):
+            s.sendall(payload[i])
+        yield done
+        for s in peers:
+            s.close()
+        yield port.stopListening()
+        return received
+
+    received = run(reactor, work, timeout=60)
+    for key, chunks in received.items():
+        assert b"".join(chunks) == payload[key]
+    buffers = reactor.ioCounters()["buffers"]
+    assert 2 < buffers <= 64
+    # Doubling from 2: a power of two.
+    assert buffers & (buffers - 1) == 0
+    reactor._ring.close()
+
+
 def test_bufferRingRunningDryLosesNothing() -> None:
     """
     With only four provided buffers for many busy connections, receives run

@@ -73,6 +73,7 @@ RECV_BUFFER_SIZE = 65536
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _MSGHDR_SIZE = lib.ur_msghdr_size()
 _EAGAIN = -errno.EAGAIN
+_ENOBUFS = -errno.ENOBUFS
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -369,7 +370,9 @@ class CompletionIO(_Host):
                 return
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
-        if res <= 0 and res != -errno.ENOBUFS and res != _EAGAIN:
+        elif res == _ENOBUFS:
+            self.reactor._bufferRing.shortage()
+        if res <= 0 and res != _ENOBUFS and res != _EAGAIN:
             # End of file or an error: the multishot receive has ended.
             self._readEnded(res)
             return
@@ -404,9 +407,11 @@ class CompletionIO(_Host):
             self._hold(self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res))
         elif flags & F_BUFFER:
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+        elif res == _ENOBUFS:
+            self.reactor._bufferRing.shortage()
         if flags & F_MORE:
             return
-        if res <= 0 and res not in (-errno.ECANCELED, -errno.ENOBUFS, _EAGAIN):
+        if res <= 0 and res not in (-errno.ECANCELED, _ENOBUFS, _EAGAIN):
             self._holdEnd(res)
         self._recvDraining = False
         if self._reading and not self.disconnected and self._deliverCall is None:

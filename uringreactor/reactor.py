@@ -58,6 +58,9 @@ _NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
 # Provided buffer ring shared by all TCP connections of a reactor.
 BUFFER_COUNT = 512
 BUFFER_SIZE = 65536
+# How many of them circulate at first (see BufferRing): enough for a few
+# dozen large reads in flight; more join as receives find none free.
+BUFFERS_AT_START = 32
 BUFFER_GROUP = 0
 
 
@@ -92,6 +95,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         completionEntries: int | None = None,
         bufferCount: int = BUFFER_COUNT,
         bufferSize: int = BUFFER_SIZE,
+        buffersAtStart: int = BUFFERS_AT_START,
     ) -> None:
         """
         @param features: the optional io_uring features to use; by default
@@ -106,6 +110,8 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             connections (a power of two); when all are in use, receives wait
             for one to come back.
         @param bufferSize: size of each provided receive buffer.
+        @param buffersAtStart: how many of the buffers circulate at first;
+            more join when receives find none free (see L{BufferRing}).
         """
         _tuneAllocator()
         self._ring = Ring(ringEntries, completionEntries, features=features)
@@ -113,7 +119,11 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if "multishot_recv" in self._ring.features:
             try:
                 self._bufferRing = BufferRing(
-                    self._ring, bufferCount, bufferSize, BUFFER_GROUP
+                    self._ring,
+                    bufferCount,
+                    bufferSize,
+                    BUFFER_GROUP,
+                    circulating=buffersAtStart,
                 )
             except OSError:
                 self._ring.features.discard("buf_ring")
@@ -397,9 +407,14 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         Counters of this reactor's use of io_uring: C{enters} (calls that
         may enter the kernel), C{sqes} (operations submitted), C{cqes}
-        (completions handled), C{sq_full} and C{in_flight}.
+        (completions handled), C{sq_full}, C{in_flight}, C{spins},
+        C{spin_hits}, and C{buffers} (provided receive buffers in
+        circulation).
         """
-        return self._ring.counters()
+        counters = self._ring.counters()
+        if self._bufferRing is not None:
+            counters["buffers"] = self._bufferRing.circulating
+        return counters
 
     @property
     def features(self) -> frozenset[str]:

@@ -132,23 +132,60 @@ class BufferRing:
     group: receive operations select a buffer when data arrives, so a
     connection with nothing to read holds no memory.
 
+    Buffers go into circulation as the kernel needs them: C{circulating} at
+    first, twice as many each time a receive finds none free
+    (L{shortage}), up to C{count}.  The kernel takes buffers in the order
+    they were given back, so each one in circulation is written once per
+    lap; a set no larger than the reads in flight need stays in the CPU's
+    caches, where sweeping all of them would make every large read miss.
+
     @ivar bufferSize: the size of each buffer.
+    @ivar count: how many buffers there can be.
     """
 
-    def __init__(self, ring: Ring, count: int, bufferSize: int, groupId: int):
+    def __init__(
+        self,
+        ring: Ring,
+        count: int,
+        bufferSize: int,
+        groupId: int,
+        circulating: int | None = None,
+    ):
         self._ring = ring
         self._br = ffi.new("struct ur_bufring *")
-        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
+        if circulating is None:
+            circulating = count
+        rc = lib.ur_bufring_setup(
+            ring._ptr, self._br, count, bufferSize, groupId, min(circulating, count)
+        )
         if rc < 0:
             raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
         ring._bufferRings.append(self._br)
         self.groupId = groupId
         self.bufferSize = bufferSize
         self.count = count
+        self._grownAt = -1
         base = self._br.base
         self._pointers = [base + i * bufferSize for i in range(count)]
         self._unpack = ffi.unpack
         self._recycle = lib.ur_bufring_recycle
+
+    @property
+    def circulating(self) -> int:
+        """
+        How many buffers the kernel may fill.
+        """
+        return int(self._br.circulating)
+
+    def shortage(self) -> None:
+        """
+        A receive found no buffer: double the buffers in circulation, once
+        per event-loop iteration however many receives ran short in it.
+        """
+        enters = self._ring._ptr.enters
+        if enters != self._grownAt:
+            self._grownAt = enters
+            lib.ur_bufring_grow(self._br, self._br.circulating)
 
     def take(self, bufferId: int, length: int) -> bytes:
         """

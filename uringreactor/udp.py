@@ -75,6 +75,7 @@ _READ_AGAIN = {
 }
 
 _ECANCELED = -errno.ECANCELED
+_ENOBUFS = -errno.ENOBUFS
 _ECONNREFUSED = -errno.ECONNREFUSED
 
 
@@ -213,6 +214,8 @@ class Port(udp.Port):
         else:
             if flags & F_BUFFER:
                 self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+            elif res == _ENOBUFS and self._multishot:
+                self.reactor._bufferRing.shortage()
             if res == _ECONNREFUSED:
                 if self._connectedAddr:
                     self.reactor._logContexts.call(

@@ -92,6 +92,8 @@ class MessageStreamIO(CompletionIO):
         if res <= 0:
             if flags & F_BUFFER:
                 self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+            if res == _ENOBUFS:
+                self.reactor._bufferRing.shortage()
             if res == _EAGAIN or res == _ENOBUFS:
                 # No data after all, or no free buffer this time round.
                 if self._reading:
