@@ -467,7 +467,7 @@ def main() -> int:
     print()
     print(text)
     if args.save:
-        stem = time.strftime("%Y-%m-%d") + "-" + info["kernel"]
+        stem = time.strftime("%Y-%m-%d-%H%M") + "-" + info["kernel"]
         outDir = HERE / "results"
     else:
         stem = "latest"
@@ -491,7 +491,11 @@ def main() -> int:
             indent=1,
         )
     )
-    (outDir / f"{stem}.txt").write_text(title + "\n\n" + text + "\n")
+    method = (
+        f"Medians of {args.rounds} interleaved rounds of {args.seconds:g} s "
+        f"(+{args.warmup:g} s warm-up); server on CPU 0, load generator on CPU 1."
+    )
+    (outDir / f"{stem}.txt").write_text(title + "\n" + method + "\n\n" + text + "\n")
     drew = chart(scenarios, reactors, summary, outDir / f"{stem}.png", title)
     print(f"results: {outDir / stem}.json, .txt" + (", .png" if drew else ""))
     failed = any(s["errors"] for s in summary.values())
