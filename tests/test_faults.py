@@ -325,6 +325,15 @@ def test_buffersJoinCirculationWhenReceivesRunShort() -> None:
     reactor._ring.close()
 
 
+def test_noBuffersInCirculationRefused() -> None:
+    """
+    A reactor asked to start with no provided buffers in circulation says
+    so, rather than quietly running without a buffer ring.
+    """
+    with pytest.raises(ValueError, match="at least one buffer"):
+        IOUringReactor(buffersAtStart=0)
+
+
 def test_bufferRingRunningDryLosesNothing() -> None:
     """
     With only four provided buffers for many busy connections, receives run

@@ -113,6 +113,12 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         @param buffersAtStart: how many of the buffers circulate at first;
             more join when receives find none free (see L{BufferRing}).
         """
+        if buffersAtStart < 1:
+            # Checked before the ring exists, so that nothing is left to
+            # release.
+            raise ValueError(
+                f"at least one buffer must circulate, not {buffersAtStart}"
+            )
         _tuneAllocator()
         self._ring = Ring(ringEntries, completionEntries, features=features)
         self._bufferRing: BufferRing | None = None

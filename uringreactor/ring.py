@@ -155,6 +155,8 @@ class BufferRing:
         self._br = ffi.new("struct ur_bufring *")
         if circulating is None:
             circulating = count
+        elif circulating < 1:
+            raise ValueError(f"at least one buffer must circulate, not {circulating}")
         rc = lib.ur_bufring_setup(
             ring._ptr, self._br, count, bufferSize, groupId, min(circulating, count)
         )
