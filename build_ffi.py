@@ -783,19 +783,36 @@ void ur_raise_malloc_thresholds(size_t size)
     free(p);
 }
 
-unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more);
+/* Hand up to `more` buffers not yet in circulation to the kernel; returns
+ * how many circulate now.  Buffers never leave circulation, so the ring,
+ * sized for all of them, cannot overflow. */
+unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more)
+{
+    unsigned i, n = b->nbufs - b->circulating;
+
+    if (more < n)
+        n = more;
+    for (i = 0; i < n; i++) {
+        unsigned bid = b->circulating + i;
+        io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
+                              b->bufsize, bid, b->mask, i);
+    }
+    io_uring_buf_ring_advance(b->br, n);
+    b->circulating += n;
+    return b->circulating;
+}
 
 /* A provided-buffer ring set up by hand: liburing 2.3 lacks
  * io_uring_setup_buf_ring, which does exactly this (page-aligned ring memory,
  * init, register).
  *
- * Only the first `circulating` buffers are handed to the kernel; the rest
- * join them when the kernel runs short (ur_bufring_grow).  The ring is a
- * FIFO, so every buffer in circulation is written once per lap: with all of
- * them in use, large reads would sweep the whole area (32 MiB by default)
- * through the CPU caches, and each copy would miss.  A small circulating
- * set stays cache-hot; the memory of buffers never circulated is never
- * touched. */
+ * Only the first `circulating` buffers (all of them, if that is more) are
+ * handed to the kernel; the rest join them when the kernel runs short
+ * (ur_bufring_grow).  The ring is a FIFO, so every buffer in circulation is
+ * written once per lap: with all of them in use, large reads would sweep
+ * the whole area (32 MiB by default) through the CPU caches, and each copy
+ * would miss.  A small circulating set stays cache-hot; the memory of
+ * buffers never circulated is never touched. */
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
                      unsigned bufsize, int bgid, unsigned circulating)
 {
@@ -806,7 +823,7 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     memset(b, 0, sizeof(*b));
     if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
         return -EINVAL;
-    if (circulating == 0 || circulating > nbufs)
+    if (circulating == 0)
         return -EINVAL;
     b->ring_bytes = nbufs * sizeof(struct io_uring_buf);
     /* Shared, not private: the kernel pins these pages when the ring is
@@ -846,25 +863,6 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     b->bgid = bgid;
     ur_bufring_grow(b, circulating);
     return 0;
-}
-
-/* Hand up to `more` buffers not yet in circulation to the kernel; returns
- * how many circulate now.  Buffers never leave circulation, so the ring,
- * sized for all of them, cannot overflow. */
-unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more)
-{
-    unsigned i, n = b->nbufs - b->circulating;
-
-    if (more < n)
-        n = more;
-    for (i = 0; i < n; i++) {
-        unsigned bid = b->circulating + i;
-        io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
-                              b->bufsize, bid, b->mask, i);
-    }
-    io_uring_buf_ring_advance(b->br, n);
-    b->circulating += n;
-    return b->circulating;
 }
 
 /* Give buffer bid back to the kernel once its bytes have been copied. */

@@ -132,8 +132,8 @@ class BufferRing:
     group: receive operations select a buffer when data arrives, so a
     connection with nothing to read holds no memory.
 
-    Buffers go into circulation as the kernel needs them: C{circulating} at
-    first, twice as many each time a receive finds none free
+    Buffers go into circulation as the kernel needs them: C{circulating} (at
+    least one) at first, twice as many each time a receive finds none free
     (L{shortage}), up to C{count}.  The kernel takes buffers in the order
     they were given back, so each one in circulation is written once per
     lap; a set no larger than the reads in flight need stays in the CPU's
@@ -149,16 +149,12 @@ class BufferRing:
         count: int,
         bufferSize: int,
         groupId: int,
-        circulating: int | None = None,
+        circulating: int,
     ):
         self._ring = ring
         self._br = ffi.new("struct ur_bufring *")
-        if circulating is None:
-            circulating = count
-        elif circulating < 1:
-            raise ValueError(f"at least one buffer must circulate, not {circulating}")
         rc = lib.ur_bufring_setup(
-            ring._ptr, self._br, count, bufferSize, groupId, min(circulating, count)
+            ring._ptr, self._br, count, bufferSize, groupId, circulating
         )
         if rc < 0:
             raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
