@@ -86,11 +86,10 @@ struct ur_cqe {
     uint32_t flags;
 };
 
+struct io_uring_buf_ring { ...; };
 struct ur_bufring {
-    char *base;
+    struct io_uring_buf_ring *br;
     unsigned nbufs;
-    unsigned bufsize;
-    unsigned circulating;
     int bgid;
     ...;
 };
@@ -151,9 +150,7 @@ unsigned char *ur_msg_control(struct ur_msg *m);
 void ur_raise_malloc_thresholds(size_t size);
 
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     unsigned bufsize, int bgid, unsigned circulating);
-unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more);
-void ur_bufring_recycle(struct ur_bufring *b, unsigned bid);
+                     int bgid);
 void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
 """
 
@@ -205,14 +202,12 @@ struct ur_cqe {
     uint32_t flags;
 };
 
+/* The entries of a provided-buffer ring; the buffers they point to belong
+ * to uringreactor._buffers. */
 struct ur_bufring {
     struct io_uring_buf_ring *br;
-    char *base;
     size_t ring_bytes;
     unsigned nbufs;
-    unsigned bufsize;
-    unsigned mask;
-    unsigned circulating;   /* buffers 0 .. circulating-1 are in use */
     int bgid;
 };
 
@@ -783,38 +778,12 @@ void ur_raise_malloc_thresholds(size_t size)
     free(p);
 }
 
-/* Hand up to `more` buffers not yet in circulation to the kernel; returns
- * how many circulate now.  Buffers never leave circulation, so the ring,
- * sized for all of them, cannot overflow. */
-unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more)
-{
-    unsigned i, n = b->nbufs - b->circulating;
-
-    if (more < n)
-        n = more;
-    for (i = 0; i < n; i++) {
-        unsigned bid = b->circulating + i;
-        io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
-                              b->bufsize, bid, b->mask, i);
-    }
-    io_uring_buf_ring_advance(b->br, n);
-    b->circulating += n;
-    return b->circulating;
-}
-
-/* A provided-buffer ring set up by hand: liburing 2.3 lacks
- * io_uring_setup_buf_ring, which does exactly this (page-aligned ring memory,
- * init, register).
- *
- * Only the first `circulating` buffers (all of them, if that is more) are
- * handed to the kernel; the rest join them when the kernel runs short
- * (ur_bufring_grow).  The ring is a FIFO, so every buffer in circulation is
- * written once per lap: with all of them in use, large reads would sweep
- * the whole area (32 MiB by default) through the CPU caches, and each copy
- * would miss.  A small circulating set stays cache-hot; the memory of
- * buffers never circulated is never touched. */
+/* The entries of a provided-buffer ring, registered by hand: liburing 2.3
+ * lacks io_uring_setup_buf_ring, which does exactly this (page-aligned ring
+ * memory, init, register).  The ring starts empty; uringreactor._buffers
+ * fills it with buffers as they are needed. */
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     unsigned bufsize, int bgid, unsigned circulating)
+                     int bgid)
 {
     struct io_uring_buf_reg reg;
     void *mem;
@@ -822,8 +791,6 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
 
     memset(b, 0, sizeof(*b));
     if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
-        return -EINVAL;
-    if (circulating == 0)
         return -EINVAL;
     b->ring_bytes = nbufs * sizeof(struct io_uring_buf);
     /* Shared, not private: the kernel pins these pages when the ring is
@@ -835,15 +802,6 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     if (mem == MAP_FAILED)
         return -errno;
     b->br = (struct io_uring_buf_ring *)mem;
-    b->base = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
-                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    if (b->base == MAP_FAILED) {
-        ret = -errno;
-        munmap(mem, b->ring_bytes);
-        b->br = NULL;
-        b->base = NULL;
-        return ret;
-    }
     io_uring_buf_ring_init(b->br);
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (unsigned long)(uintptr_t)mem;
@@ -851,26 +809,13 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     reg.bgid = bgid;
     ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
     if (ret) {
-        munmap(b->base, (size_t)nbufs * bufsize);
         munmap(mem, b->ring_bytes);
         b->br = NULL;
-        b->base = NULL;
         return ret < 0 ? ret : -ret;
     }
     b->nbufs = nbufs;
-    b->bufsize = bufsize;
-    b->mask = io_uring_buf_ring_mask(nbufs);
     b->bgid = bgid;
-    ur_bufring_grow(b, circulating);
     return 0;
-}
-
-/* Give buffer bid back to the kernel once its bytes have been copied. */
-void ur_bufring_recycle(struct ur_bufring *b, unsigned bid)
-{
-    io_uring_buf_ring_add(b->br, b->base + (size_t)bid * b->bufsize,
-                          b->bufsize, bid, b->mask, 0);
-    io_uring_buf_ring_advance(b->br, 1);
 }
 
 void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b)
@@ -879,10 +824,8 @@ void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b)
         return;
     if (r)
         io_uring_unregister_buf_ring(&r->ring, b->bgid);
-    munmap(b->base, (size_t)b->nbufs * b->bufsize);
     munmap(b->br, b->ring_bytes);
     b->br = NULL;
-    b->base = NULL;
 }
 """
 

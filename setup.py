@@ -1,7 +1,22 @@
 """
-Build hook for the cffi extension; all metadata lives in pyproject.toml.
+Build hooks for the two extension modules; all metadata lives in
+pyproject.toml.
+
+- C{uringreactor._liburing}: the cffi binding to liburing (build_ffi.py).
+- C{uringreactor._buffers}: the provided buffers as bytes objects, the one
+  piece that needs the CPython C API (cffi cannot make Python objects).
+  It uses only liburing's inline helpers, so it links nothing.
 """
 
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"])
+setup(
+    cffi_modules=["build_ffi.py:ffibuilder"],
+    ext_modules=[
+        Extension(
+            "uringreactor._buffers",
+            sources=["uringreactor/_buffers.c"],
+            extra_compile_args=["-O2", "-Wall"],
+        )
+    ],
+)

@@ -55,9 +55,11 @@ fi
 
 # Reinstall when the build inputs change (the stamp records their hash).
 stamp="$VENV/.uringreactor-installed"
-digest=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/build_ffi.py" | sha256sum | cut -d' ' -f1)
+digest=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/build_ffi.py" \
+    "$ROOT/uringreactor/_buffers.c" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] \
-        || ! "$VENV/bin/python" -c 'import uringreactor._liburing' 2>/dev/null; then
+        || ! "$VENV/bin/python" -c 'import uringreactor._liburing, uringreactor._buffers' \
+            2>/dev/null; then
     echo "== installing uringreactor (editable) into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77"
     # compat mode: a plain .pth path entry, so that the twisted/plugins

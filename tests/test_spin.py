@@ -11,8 +11,8 @@ import threading
 from typing import Any
 
 import pytest
-from uringreactor._liburing import ffi, lib
 
+from uringreactor._liburing import ffi, lib
 from uringreactor.features import (
     DEFAULT_SPIN_US,
     Features,

@@ -331,13 +331,10 @@ class CompletionIO(_Host):
         """
         if res > 0 and self._reading:
             # The common case, kept short (this runs once per read): data
-            # for a reading transport (BufferRing.take, inlined), delivered
-            # within the protocol's log context (LogContexts.call, inlined).
+            # for a reading transport, delivered within the protocol's log
+            # context (LogContexts.call, inlined).
             reactor = self.reactor
-            bufferRing = reactor._bufferRing
-            bufferId = flags >> BUFFER_SHIFT
-            data = _unpack(bufferRing._pointers[bufferId], res)
-            bufferRing._recycle(bufferRing._br, bufferId)
+            data = reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
             logContexts = reactor._logContexts
             stack = logContexts.stack
             if stack is None:

@@ -46,6 +46,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi, lib
 from uringreactor.errors import explainSetupError
 from uringreactor.features import Features
@@ -70,6 +71,13 @@ BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
 _REAP_BATCH = 512
 _CQE = struct.Struct("=QiI")
 assert _CQE.size == ffi.sizeof("struct ur_cqe")
+
+# Receives of at least this many bytes hand their provided buffer over as
+# the bytes object the protocol gets instead of copying out of it.  Shorter
+# ones are copied: a copy of a few KiB costs about what allocating the
+# replacement buffer does, and leaves no buffer-sized block split in the
+# heap.  (With 4 KiB messages, thresholds of 1, 8 and 32 KiB measured alike.)
+HANDOVER = 8192
 
 # user_data of the SQEs the ring itself issues (cancellations); their
 # completions are not dispatched.
@@ -121,9 +129,12 @@ def _releaseRing(ringPtr: Any, bufferRings: list[Any]) -> None:
             "releasing the ring",
             count=outstanding,
         )
-    for br in bufferRings:
-        lib.ur_bufring_free(ringPtr, br)
+    for entries, _ in bufferRings:
+        lib.ur_bufring_free(ringPtr, entries)
     lib.ur_ring_exit(ringPtr)
+    # Only now can nothing write into the buffers.
+    for _, buffers in bufferRings:
+        buffers.release()
 
 
 class BufferRing:
@@ -139,8 +150,21 @@ class BufferRing:
     lap; a set no larger than the reads in flight need stays in the CPU's
     caches, where sweeping all of them would make every large read miss.
 
+    The buffers themselves are bytes objects (L{uringreactor._buffers}): a
+    long read is handed to the protocol as the very object the kernel wrote
+    into, and a fresh buffer takes its place.
+
     @ivar bufferSize: the size of each buffer.
     @ivar count: how many buffers there can be.
+    @ivar take: C{take(bufferId, length) -> bytes}, the first C{length}
+        bytes of buffer C{bufferId}, which a completion has just filled; the
+        buffer (or its replacement) goes back to the kernel.
+    @ivar view: C{view(bufferId, length) -> memoryview}, those bytes in
+        place, to parse before giving the buffer back with C{recycle}.
+    @ivar recycle: C{recycle(bufferId)}, give a buffer back unread.
+
+    (The last three are the C methods themselves, bound once: one call each
+    on the receive path.)
     """
 
     def __init__(
@@ -153,27 +177,30 @@ class BufferRing:
     ):
         self._ring = ring
         self._br = ffi.new("struct ur_bufring *")
-        rc = lib.ur_bufring_setup(
-            ring._ptr, self._br, count, bufferSize, groupId, circulating
-        )
+        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, groupId)
         if rc < 0:
             raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
-        ring._bufferRings.append(self._br)
+        self._buffers = Buffers(
+            int(ffi.cast("uintptr_t", self._br.br)), count, bufferSize, HANDOVER
+        )
+        # Registered before the first buffer circulates: from here on the
+        # ring's release frees the entries, then the buffers.
+        ring._bufferRings.append((self._br, self._buffers))
+        self._buffers.grow(min(circulating, count))
         self.groupId = groupId
         self.bufferSize = bufferSize
         self.count = count
         self._grownAt = -1
-        base = self._br.base
-        self._pointers = [base + i * bufferSize for i in range(count)]
-        self._unpack = ffi.unpack
-        self._recycle = lib.ur_bufring_recycle
+        self.take = self._buffers.take
+        self.view = self._buffers.view
+        self.recycle = self._buffers.recycle
 
     @property
     def circulating(self) -> int:
         """
         How many buffers the kernel may fill.
         """
-        return int(self._br.circulating)
+        return int(self._buffers.circulating)
 
     def shortage(self) -> None:
         """
@@ -183,22 +210,7 @@ class BufferRing:
         enters = self._ring._ptr.enters
         if enters != self._grownAt:
             self._grownAt = enters
-            lib.ur_bufring_grow(self._br, self._br.circulating)
-
-    def take(self, bufferId: int, length: int) -> bytes:
-        """
-        Copy out the first C{length} bytes of buffer C{bufferId} and give the
-        buffer back to the kernel.
-        """
-        data: bytes = self._unpack(self._pointers[bufferId], length)
-        self._recycle(self._br, bufferId)
-        return data
-
-    def recycle(self, bufferId: int) -> None:
-        """
-        Give buffer C{bufferId} back to the kernel without reading it.
-        """
-        self._recycle(self._br, bufferId)
+            self._buffers.grow(self._buffers.circulating)
 
 
 class Ring:

@@ -197,11 +197,12 @@ class Port(udp.Port):
                 # provided buffer, each once; then the buffer goes back.
                 bufferRing = self.reactor._bufferRing
                 bufferId = flags >> BUFFER_SHIFT
-                raw = ffi.buffer(bufferRing._pointers[bufferId], res)
+                raw = bufferRing.view(bufferId, res)
                 namelen, _, payloadlen, _ = RECVMSG_OUT.unpack_from(raw)
-                name = raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen]
+                name = bytes(raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen])
                 size = min(payloadlen, self.maxPacketSize)
-                data = raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size]
+                data = bytes(raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size])
+                raw.release()
                 bufferRing.recycle(bufferId)
             else:
                 msg = self._recvMsg

@@ -1,0 +1,322 @@
+/*
+ * uringreactor._buffers: the memory of the provided-buffer ring, as bytes
+ * objects.
+ *
+ * Each provided buffer is the storage of a bytes object that nothing else
+ * references.  When a receive fills buffer `bid` with `n` bytes, take()
+ * hands that very object to the caller (shrunk to n bytes: the kernel's
+ * copy into it was the only copy) and puts a fresh one in the ring in its
+ * place.  Short reads are copied out instead and the buffer goes straight
+ * back: for them a copy is cheaper than allocating a new buffer.
+ *
+ * This is the one piece of the binding that needs the CPython C API (cffi
+ * cannot make or return Python objects); the ring itself, its registration
+ * and every operation stay in the cffi module.  From liburing it uses only
+ * the inline helpers that fill the ring's entries.
+ *
+ * Lifetime: the kernel may write into any buffer in circulation until the
+ * ring is unregistered, so the objects live in `slots` until release(),
+ * which the owner calls only after unregistering.  An object leaves `slots`
+ * only after the completion that filled it, when the kernel no longer
+ * holds it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <liburing.h>
+
+typedef struct {
+    PyObject_HEAD
+    struct io_uring_buf_ring *br;
+    PyObject **slots;         /* one bytes object per buffer id, or NULL */
+    unsigned count;           /* buffer ids 0 .. count-1 may exist */
+    unsigned circulating;     /* ids 0 .. circulating-1 are the kernel's */
+    unsigned mask;
+    Py_ssize_t size;          /* bytes in each buffer */
+    Py_ssize_t handover;      /* reads at least this long are not copied */
+} Buffers;
+
+static inline void put(Buffers *self, unsigned bid, int offset)
+{
+    io_uring_buf_ring_add(self->br, PyBytes_AS_STRING(self->slots[bid]),
+                          (unsigned)self->size, (unsigned short)bid,
+                          self->mask, offset);
+}
+
+static int check_id(Buffers *self, Py_ssize_t bid)
+{
+    if (self->slots == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the buffers have been released");
+        return -1;
+    }
+    if (bid < 0 || bid >= self->circulating) {
+        PyErr_Format(PyExc_IndexError, "no buffer %zd in circulation", bid);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                      Py_ssize_t *out, const char *name)
+{
+    Py_ssize_t i;
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)",
+                     name, want, nargs);
+        return -1;
+    }
+    for (i = 0; i < want; i++) {
+        out[i] = PyLong_AsSsize_t(args[i]);
+        if (out[i] == -1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"ring_address", "count", "size", "handover", NULL};
+    unsigned long long address;
+    unsigned count;
+    Py_ssize_t size, handover;
+    Buffers *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KInn", names, &address,
+                                     &count, &size, &handover))
+        return NULL;
+    if (address == 0 || count == 0 || (count & (count - 1)) || count > 32768) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a buffer ring needs an address and a power of two "
+                        "of at most 32768 entries");
+        return NULL;
+    }
+    if (size <= 0 || size > UINT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad buffer size");
+        return NULL;
+    }
+    self = (Buffers *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->slots = PyMem_Calloc(count, sizeof(PyObject *));
+    if (self->slots == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->br = (struct io_uring_buf_ring *)(uintptr_t)address;
+    self->count = count;
+    self->mask = io_uring_buf_ring_mask(count);
+    self->size = size;
+    self->handover = handover < 1 ? 1 : handover;
+    return (PyObject *)self;
+}
+
+static void release(Buffers *self)
+{
+    unsigned i;
+    if (self->slots == NULL)
+        return;
+    for (i = 0; i < self->count; i++)
+        Py_CLEAR(self->slots[i]);
+    PyMem_Free(self->slots);
+    self->slots = NULL;
+    self->br = NULL;
+}
+
+static void Buffers_dealloc(Buffers *self)
+{
+    release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(grow_doc,
+"grow(more) -> int\n\n"
+"Put up to `more` new buffers in circulation (never more than the ring\n"
+"holds); return how many circulate now.");
+
+static PyObject *Buffers_grow(Buffers *self, PyObject *arg)
+{
+    Py_ssize_t more = PyLong_AsSsize_t(arg);
+    unsigned i, n;
+
+    if (more == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->slots == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the buffers have been released");
+        return NULL;
+    }
+    n = self->count - self->circulating;
+    if (more < n)
+        n = more < 0 ? 0 : (unsigned)more;
+    for (i = 0; i < n; i++) {
+        unsigned bid = self->circulating + i;
+        PyObject *buffer = PyBytes_FromStringAndSize(NULL, self->size);
+        if (buffer == NULL)
+            break;
+        self->slots[bid] = buffer;
+        put(self, bid, i);
+    }
+    /* Those allocated circulate even if one allocation failed. */
+    io_uring_buf_ring_advance(self->br, i);
+    self->circulating += i;
+    if (i < n)
+        return NULL;
+    return PyLong_FromUnsignedLong(self->circulating);
+}
+
+PyDoc_STRVAR(take_doc,
+"take(bid, length) -> bytes\n\n"
+"The first `length` bytes of buffer `bid`, which a completion has just\n"
+"filled; the buffer (or a fresh one in its place) goes back to the kernel.");
+
+static PyObject *Buffers_take(Buffers *self, PyObject *const *args,
+                              Py_ssize_t nargs)
+{
+    Py_ssize_t a[2], bid, length;
+    PyObject *data, *fresh;
+
+    if (parse_ints(args, nargs, 2, a, "take") < 0 || check_id(self, a[0]) < 0)
+        return NULL;
+    bid = a[0];
+    length = a[1];
+    if (length < 0 || length > self->size) {
+        PyErr_Format(PyExc_ValueError, "bad length %zd", length);
+        return NULL;
+    }
+    data = self->slots[bid];
+    if (length >= self->handover && Py_REFCNT(data) == 1 &&
+        (fresh = PyBytes_FromStringAndSize(NULL, self->size)) != NULL) {
+        self->slots[bid] = fresh;
+        put(self, (unsigned)bid, 0);
+        io_uring_buf_ring_advance(self->br, 1);
+        if (length < self->size && _PyBytes_Resize(&data, length) < 0)
+            return NULL;
+        return data;
+    }
+    PyErr_Clear();
+    data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), length);
+    put(self, (unsigned)bid, 0);
+    io_uring_buf_ring_advance(self->br, 1);
+    return data;
+}
+
+PyDoc_STRVAR(view_doc,
+"view(bid, length) -> memoryview\n\n"
+"A read-only view of the first `length` bytes of buffer `bid`, for\n"
+"parsing in place; give the buffer back with recycle() and drop the view\n"
+"then, since the kernel will write into it again.");
+
+static PyObject *Buffers_view(Buffers *self, PyObject *const *args,
+                              Py_ssize_t nargs)
+{
+    Py_ssize_t a[2];
+    PyObject *whole, *part, *slice;
+
+    if (parse_ints(args, nargs, 2, a, "view") < 0 || check_id(self, a[0]) < 0)
+        return NULL;
+    if (a[1] < 0 || a[1] > self->size) {
+        PyErr_Format(PyExc_ValueError, "bad length %zd", a[1]);
+        return NULL;
+    }
+    whole = PyMemoryView_FromObject(self->slots[a[0]]);
+    if (whole == NULL)
+        return NULL;
+    slice = PySlice_New(NULL, args[1], NULL);
+    if (slice == NULL) {
+        Py_DECREF(whole);
+        return NULL;
+    }
+    part = PyObject_GetItem(whole, slice);
+    Py_DECREF(slice);
+    Py_DECREF(whole);
+    return part;
+}
+
+PyDoc_STRVAR(recycle_doc,
+"recycle(bid)\n\n"
+"Give buffer `bid` back to the kernel as it is.");
+
+static PyObject *Buffers_recycle(Buffers *self, PyObject *arg)
+{
+    Py_ssize_t bid = PyLong_AsSsize_t(arg);
+    if (bid == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_id(self, bid) < 0)
+        return NULL;
+    put(self, (unsigned)bid, 0);
+    io_uring_buf_ring_advance(self->br, 1);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(release_doc,
+"release()\n\n"
+"Free every buffer.  Only once the kernel can no longer write into them:\n"
+"after their ring has been unregistered or the io_uring closed.");
+
+static PyObject *Buffers_release(Buffers *self, PyObject *unused)
+{
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Buffers_circulating(Buffers *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(self->circulating);
+}
+
+static PyMethodDef Buffers_methods[] = {
+    {"grow", (PyCFunction)Buffers_grow, METH_O, grow_doc},
+    {"take", (PyCFunction)(void (*)(void))Buffers_take, METH_FASTCALL,
+     take_doc},
+    {"view", (PyCFunction)(void (*)(void))Buffers_view, METH_FASTCALL,
+     view_doc},
+    {"recycle", (PyCFunction)Buffers_recycle, METH_O, recycle_doc},
+    {"release", (PyCFunction)Buffers_release, METH_NOARGS, release_doc},
+    {NULL}
+};
+
+static PyGetSetDef Buffers_getset[] = {
+    {"circulating", (getter)Buffers_circulating, NULL,
+     "How many buffers the kernel may fill.", NULL},
+    {NULL}
+};
+
+PyDoc_STRVAR(Buffers_doc,
+"Buffers(ring_address, count, size, handover)\n\n"
+"The buffers of a registered provided-buffer ring (`ring_address`, with\n"
+"`count` entries), `size` bytes each, none in circulation until grow().\n"
+"Reads of at least `handover` bytes are handed over without a copy.");
+
+static PyTypeObject BuffersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringreactor._buffers.Buffers",
+    .tp_basicsize = sizeof(Buffers),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Buffers_doc,
+    .tp_new = Buffers_new,
+    .tp_dealloc = (destructor)Buffers_dealloc,
+    .tp_methods = Buffers_methods,
+    .tp_getset = Buffers_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "uringreactor._buffers",
+    .m_doc = "Provided buffers that become the bytes handed to protocols.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__buffers(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&BuffersType) < 0)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&BuffersType);
+    if (PyModule_AddObject(m, "Buffers", (PyObject *)&BuffersType) < 0) {
+        Py_DECREF(&BuffersType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
