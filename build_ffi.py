@@ -89,7 +89,9 @@ struct ur_cqe {
 struct io_uring_buf_ring { ...; };
 struct ur_bufring {
     struct io_uring_buf_ring *br;
+    char *base;
     unsigned nbufs;
+    unsigned bufsize;
     int bgid;
     ...;
 };
@@ -150,7 +152,7 @@ unsigned char *ur_msg_control(struct ur_msg *m);
 void ur_raise_malloc_thresholds(size_t size);
 
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     int bgid);
+                     unsigned bufsize, int bgid);
 void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
 """
 
@@ -202,12 +204,14 @@ struct ur_cqe {
     uint32_t flags;
 };
 
-/* The entries of a provided-buffer ring; the buffers they point to belong
- * to uringreactor._buffers. */
+/* A provided-buffer ring: its entries, and the area its buffers start in
+ * (uringreactor._buffers decides which buffers the entries point to). */
 struct ur_bufring {
     struct io_uring_buf_ring *br;
+    char *base;
     size_t ring_bytes;
     unsigned nbufs;
+    unsigned bufsize;
     int bgid;
 };
 
@@ -778,12 +782,15 @@ void ur_raise_malloc_thresholds(size_t size)
     free(p);
 }
 
-/* The entries of a provided-buffer ring, registered by hand: liburing 2.3
- * lacks io_uring_setup_buf_ring, which does exactly this (page-aligned ring
- * memory, init, register).  The ring starts empty; uringreactor._buffers
- * fills it with buffers as they are needed. */
+/* A provided-buffer ring set up by hand: liburing 2.3 lacks
+ * io_uring_setup_buf_ring, which does exactly this (page-aligned ring memory,
+ * init, register).  The ring starts empty: uringreactor._buffers puts
+ * buffers in circulation as they are needed.  It also maps an area of nbufs
+ * buffers of bufsize bytes, where every buffer starts; the kernel touches
+ * only the pages it writes, so buffers that never circulate, and the parts
+ * of buffers short reads never reach, cost no memory. */
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     int bgid)
+                     unsigned bufsize, int bgid)
 {
     struct io_uring_buf_reg reg;
     void *mem;
@@ -802,6 +809,15 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     if (mem == MAP_FAILED)
         return -errno;
     b->br = (struct io_uring_buf_ring *)mem;
+    b->base = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (b->base == MAP_FAILED) {
+        ret = -errno;
+        munmap(mem, b->ring_bytes);
+        b->br = NULL;
+        b->base = NULL;
+        return ret;
+    }
     io_uring_buf_ring_init(b->br);
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (unsigned long)(uintptr_t)mem;
@@ -809,11 +825,14 @@ int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
     reg.bgid = bgid;
     ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
     if (ret) {
+        munmap(b->base, (size_t)nbufs * bufsize);
         munmap(mem, b->ring_bytes);
         b->br = NULL;
+        b->base = NULL;
         return ret < 0 ? ret : -ret;
     }
     b->nbufs = nbufs;
+    b->bufsize = bufsize;
     b->bgid = bgid;
     return 0;
 }
@@ -824,8 +843,10 @@ void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b)
         return;
     if (r)
         io_uring_unregister_buf_ring(&r->ring, b->bgid);
+    munmap(b->base, (size_t)b->nbufs * b->bufsize);
     munmap(b->br, b->ring_bytes);
     b->br = NULL;
+    b->base = NULL;
 }
 """
 

@@ -1,11 +1,11 @@
 """
-The provided buffers as bytes objects (L{uringreactor._buffers}): what goes
-into the ring's entries, which reads are handed over without a copy, and
-that a handed-over object is never written into again.
+The provided buffers (L{uringreactor._buffers}): what goes into the ring's
+entries, which reads are copied and which handed over as bytes objects
+without a copy, and that a handed-over object is never written into again.
 
 The unit tests drive L{Buffers} over plain memory laid out as a buffer ring
-and play the kernel's part by hand: read an entry, write into the memory it
-points to, report the buffer id.  The last test does the same through the
+and its area, and play the kernel's part by hand: read an entry, write into
+the memory it points to, report the buffer id.  The last test does the same through the
 kernel.
 """
 
@@ -35,15 +35,25 @@ _ENTRY = struct.Struct("=QIHH")
 class FakeRing:
     """
     Memory laid out as a provided-buffer ring with C{count} entries, read
-    the way the kernel reads it.
+    the way the kernel reads it, and an area of C{count} buffers of C{size}
+    bytes.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, size: int) -> None:
         self.count = count
+        self.size = size
         self.memory = ffi.new("char[]", _ENTRY.size * count)
         self.view = ffi.buffer(self.memory)
         self.address = int(ffi.cast("uintptr_t", self.memory))
+        self.areaMemory = ffi.new("char[]", count * size)
+        self.area = int(ffi.cast("uintptr_t", self.areaMemory))
         self.head = 0
+
+    def buffers(self) -> Buffers:
+        return Buffers(self.address, self.area, self.count, self.size, HANDOVER)
+
+    def inArea(self, address: int) -> bool:
+        return self.area <= address < self.area + self.count * self.size
 
     def tail(self) -> int:
         return _ENTRY.unpack_from(self.view, 0)[3]
@@ -80,39 +90,63 @@ def storage(data: bytes) -> int:
 def test_growFillsEntriesUpToTheRingSize() -> None:
     """
     Buffers join the ring's entries as they are grown, each with its id and
-    full size, never more than the ring holds.
+    full size and its place in the area, never more than the ring holds.
     """
-    ring = FakeRing(8)
-    buffers = Buffers(ring.address, 8, 4096, HANDOVER)
+    ring = FakeRing(8, 4096)
+    buffers = ring.buffers()
     assert buffers.circulating == 0
     assert buffers.grow(3) == 3
     assert ring.tail() == 3
     assert buffers.grow(100) == 8
     assert ring.tail() == 8
     seen = [ring.select() for _ in range(8)]
-    assert [bid for _, _, bid in seen] == list(range(8))
-    assert {length for _, length, _ in seen} == {4096}
-    assert len({addr for addr, _, _ in seen}) == 8
+    assert seen == [(ring.area + bid * 4096, 4096, bid) for bid in range(8)]
     buffers.release()
 
 
-def test_longReadIsHandedOverAndReplaced() -> None:
+def test_shortReadsStayInTheArea() -> None:
     """
-    A read of at least the hand-over size becomes the bytes object itself:
+    Reads below the hand-over size are copied out, and the same buffer, in
+    the area, goes straight back into the ring: no allocation.
+    """
+    ring = FakeRing(4, 65536)
+    buffers = ring.buffers()
+    buffers.grow(1)
+    for size in (5, 100, HANDOVER - 1):
+        payload = os.urandom(size)
+        bid, addr = ring.receive(payload)
+        assert ring.inArea(addr)
+        data = buffers.take(bid, size)
+        assert data == payload
+        assert storage(data) != addr
+        assert ring.select() == (addr, 65536, bid)
+        ring.head -= 1
+    buffers.release()
+
+
+def test_longReadsAreHandedOverAndReplaced() -> None:
+    """
+    A long read into the area is copied, and its buffer becomes a bytes
+    object.  The next long read into that buffer is the bytes object itself:
     its contents are where the kernel wrote them, and a different buffer
     takes its place in the ring.
     """
-    ring = FakeRing(4)
-    buffers = Buffers(ring.address, 4, 65536, HANDOVER)
+    ring = FakeRing(4, 65536)
+    buffers = ring.buffers()
     buffers.grow(1)
+    first = os.urandom(65536)
+    bid, addr = ring.receive(first)
+    assert ring.inArea(addr)
+    assert buffers.take(bid, 65536) == first
     payload = os.urandom(65536)
     bid, addr = ring.receive(payload)
+    assert not ring.inArea(addr)
     data = buffers.take(bid, len(payload))
     assert data == payload
     assert storage(data) == addr
     replacement, length, again = ring.select()
     assert (length, again) == (65536, bid)
-    assert replacement != addr
+    assert replacement != addr and not ring.inArea(replacement)
     # The next read goes into the replacement; the first object keeps its
     # contents.
     ring.head -= 1
@@ -130,32 +164,19 @@ def test_partlyFilledBufferIsShrunk() -> None:
     in place, so there is no copy; other allocators, AddressSanitizer's
     among them, may move it.)
     """
-    ring = FakeRing(4)
-    buffers = Buffers(ring.address, 4, 65536, HANDOVER)
+    ring = FakeRing(4, 65536)
+    buffers = ring.buffers()
     buffers.grow(1)
+    bid, _ = ring.receive(b"x" * HANDOVER)
+    buffers.take(bid, HANDOVER)
     payload = os.urandom(HANDOVER + 123)
     bid, addr = ring.receive(payload)
+    assert not ring.inArea(addr)
     data = buffers.take(bid, len(payload))
     assert len(data) == len(payload)
     assert data == payload
     assert hash(data) == hash(bytes(payload))
     assert data + b"!" == payload + b"!"
-    buffers.release()
-
-
-def test_shortReadIsCopiedAndTheBufferReturned() -> None:
-    """
-    A read below the hand-over size is copied out, and the same buffer goes
-    straight back into the ring.
-    """
-    ring = FakeRing(4)
-    buffers = Buffers(ring.address, 4, 65536, HANDOVER)
-    buffers.grow(1)
-    bid, addr = ring.receive(b"hello")
-    data = buffers.take(bid, 5)
-    assert data == b"hello"
-    assert storage(data) != addr
-    assert ring.select() == (addr, 65536, bid)
     buffers.release()
 
 
@@ -165,9 +186,11 @@ def test_viewedBufferIsNeverHandedOver() -> None:
     view keeps seeing the buffer, and the object handed out is never one
     that is still in the ring.
     """
-    ring = FakeRing(4)
-    buffers = Buffers(ring.address, 4, 65536, HANDOVER)
+    ring = FakeRing(4, 65536)
+    buffers = ring.buffers()
     buffers.grow(1)
+    bid, _ = ring.receive(b"x" * HANDOVER)
+    buffers.take(bid, HANDOVER)
     bid, addr = ring.receive(b"first")
     view = buffers.view(bid, 5)
     assert bytes(view) == b"first"
@@ -188,12 +211,12 @@ def test_badRequestsRaise() -> None:
     Ids not in circulation, impossible lengths, a ring of the wrong size,
     and use after release are errors, not memory corruption.
     """
-    ring = FakeRing(4)
+    ring = FakeRing(4, 4096)
     with pytest.raises(ValueError):
-        Buffers(ring.address, 3, 4096, HANDOVER)
+        Buffers(ring.address, ring.area, 3, 4096, HANDOVER)
     with pytest.raises(ValueError):
-        Buffers(ring.address, 4, 0, HANDOVER)
-    buffers = Buffers(ring.address, 4, 4096, HANDOVER)
+        Buffers(ring.address, ring.area, 4, 0, HANDOVER)
+    buffers = ring.buffers()
     buffers.grow(2)
     with pytest.raises(IndexError):
         buffers.take(2, 10)
@@ -212,21 +235,24 @@ def test_badRequestsRaise() -> None:
 
 def test_releaseFreesTheBuffers() -> None:
     """
-    Releasing drops the reference to every buffer still in the ring; one
-    handed over lives on with its owner.
+    Releasing drops the reference to every bytes object still in the ring;
+    one handed over lives on with its owner.
     """
-    ring = FakeRing(4)
-    buffers = Buffers(ring.address, 4, 65536, HANDOVER)
-    buffers.grow(4)
+    ring = FakeRing(4, 65536)
+    buffers = ring.buffers()
+    buffers.grow(1)
     bid, _ = ring.receive(b"x" * 65536)
+    buffers.take(bid, 65536)
+    bid, _ = ring.receive(b"y" * 65536)
     kept = buffers.take(bid, 65536)
-    view = buffers.view(1, 0)
+    view = buffers.view(0, 0)
     inRing = view.obj
+    assert inRing is not None and inRing is not kept
     view.release()
     references = sys.getrefcount(inRing)
     buffers.release()
     assert sys.getrefcount(inRing) == references - 1
-    assert kept == b"x" * 65536
+    assert kept == b"y" * 65536
 
 
 def test_handedOverDataIsNeverOverwritten() -> None:

@@ -1,13 +1,19 @@
 /*
- * uringreactor._buffers: the memory of the provided-buffer ring, as bytes
- * objects.
+ * uringreactor._buffers: the buffers of the provided-buffer ring, and the
+ * bytes objects that long reads become without a copy.
  *
- * Each provided buffer is the storage of a bytes object that nothing else
- * references.  When a receive fills buffer `bid` with `n` bytes, take()
- * hands that very object to the caller (shrunk to n bytes: the kernel's
- * copy into it was the only copy) and puts a fresh one in the ring in its
- * place.  Short reads are copied out instead and the buffer goes straight
- * back: for them a copy is cheaper than allocating a new buffer.
+ * Every buffer starts in an area the cffi module maps (ur_bufring_setup),
+ * which costs memory only where the kernel writes.  A read out of the area
+ * is copied into a new bytes object, and the buffer goes straight back.
+ *
+ * A buffer that receives a long read (at least `handover` bytes) is then
+ * replaced by a bytes object of the same size: the ring's entry points to
+ * that object's storage from then on.  When the next long read fills it,
+ * take() hands the object itself to the caller (shrunk to the length read:
+ * the kernel's copy into it was the only copy) and puts a fresh one in its
+ * place.  So bulk transfers are not copied, and workloads of short reads
+ * keep the area's memory behaviour: an idle connection, or a burst of
+ * small messages, allocates nothing.
  *
  * This is the one piece of the binding that needs the CPython C API (cffi
  * cannot make or return Python objects); the ring itself, its registration
@@ -15,10 +21,11 @@
  * the inline helpers that fill the ring's entries.
  *
  * Lifetime: the kernel may write into any buffer in circulation until the
- * ring is unregistered, so the objects live in `slots` until release(),
- * which the owner calls only after unregistering.  An object leaves `slots`
- * only after the completion that filled it, when the kernel no longer
- * holds it.
+ * ring is unregistered, so the objects stay in `slots` until release(),
+ * which the owner calls only after unregistering.  An object leaves
+ * `slots` only after the completion that filled it, when the kernel no
+ * longer holds it, and never while something else references it (a view
+ * from view()).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,7 +34,8 @@
 typedef struct {
     PyObject_HEAD
     struct io_uring_buf_ring *br;
-    PyObject **slots;         /* one bytes object per buffer id, or NULL */
+    char *area;               /* buffer bid starts at area + bid * size */
+    PyObject **slots;         /* buffer bid's bytes object, or NULL: area */
     unsigned count;           /* buffer ids 0 .. count-1 may exist */
     unsigned circulating;     /* ids 0 .. circulating-1 are the kernel's */
     unsigned mask;
@@ -35,11 +43,16 @@ typedef struct {
     Py_ssize_t handover;      /* reads at least this long are not copied */
 } Buffers;
 
+static inline char *memory_of(Buffers *self, unsigned bid)
+{
+    PyObject *slot = self->slots[bid];
+    return slot ? PyBytes_AS_STRING(slot) : self->area + (size_t)bid * self->size;
+}
+
 static inline void put(Buffers *self, unsigned bid, int offset)
 {
-    io_uring_buf_ring_add(self->br, PyBytes_AS_STRING(self->slots[bid]),
-                          (unsigned)self->size, (unsigned short)bid,
-                          self->mask, offset);
+    io_uring_buf_ring_add(self->br, memory_of(self, bid), (unsigned)self->size,
+                          (unsigned short)bid, self->mask, offset);
 }
 
 static int check_id(Buffers *self, Py_ssize_t bid)
@@ -74,16 +87,17 @@ static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
 
 static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"ring_address", "count", "size", "handover", NULL};
-    unsigned long long address;
+    static char *names[] = {"ring_address", "area_address", "count", "size",
+                            "handover", NULL};
+    unsigned long long address, area;
     unsigned count;
     Py_ssize_t size, handover;
     Buffers *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KInn", names, &address,
-                                     &count, &size, &handover))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKInn", names, &address,
+                                     &area, &count, &size, &handover))
         return NULL;
-    if (address == 0 || count == 0 || (count & (count - 1)) || count > 32768) {
+    if (address == 0 || area == 0 || count == 0 || (count & (count - 1)) || count > 32768) {
         PyErr_SetString(PyExc_ValueError,
                         "a buffer ring needs an address and a power of two "
                         "of at most 32768 entries");
@@ -102,6 +116,7 @@ static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return PyErr_NoMemory();
     }
     self->br = (struct io_uring_buf_ring *)(uintptr_t)address;
+    self->area = (char *)(uintptr_t)area;
     self->count = count;
     self->mask = io_uring_buf_ring_mask(count);
     self->size = size;
@@ -119,6 +134,7 @@ static void release(Buffers *self)
     PyMem_Free(self->slots);
     self->slots = NULL;
     self->br = NULL;
+    self->area = NULL;
 }
 
 static void Buffers_dealloc(Buffers *self)
@@ -146,19 +162,10 @@ static PyObject *Buffers_grow(Buffers *self, PyObject *arg)
     n = self->count - self->circulating;
     if (more < n)
         n = more < 0 ? 0 : (unsigned)more;
-    for (i = 0; i < n; i++) {
-        unsigned bid = self->circulating + i;
-        PyObject *buffer = PyBytes_FromStringAndSize(NULL, self->size);
-        if (buffer == NULL)
-            break;
-        self->slots[bid] = buffer;
-        put(self, bid, i);
-    }
-    /* Those allocated circulate even if one allocation failed. */
-    io_uring_buf_ring_advance(self->br, i);
-    self->circulating += i;
-    if (i < n)
-        return NULL;
+    for (i = 0; i < n; i++)
+        put(self, self->circulating + i, i);
+    io_uring_buf_ring_advance(self->br, n);
+    self->circulating += n;
     return PyLong_FromUnsignedLong(self->circulating);
 }
 
@@ -182,7 +189,7 @@ static PyObject *Buffers_take(Buffers *self, PyObject *const *args,
         return NULL;
     }
     data = self->slots[bid];
-    if (length >= self->handover && Py_REFCNT(data) == 1 &&
+    if (length >= self->handover && data != NULL && Py_REFCNT(data) == 1 &&
         (fresh = PyBytes_FromStringAndSize(NULL, self->size)) != NULL) {
         self->slots[bid] = fresh;
         put(self, (unsigned)bid, 0);
@@ -192,7 +199,13 @@ static PyObject *Buffers_take(Buffers *self, PyObject *const *args,
         return data;
     }
     PyErr_Clear();
-    data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), length);
+    data = PyBytes_FromStringAndSize(memory_of(self, (unsigned)bid), length);
+    if (data != NULL && length >= self->handover && self->slots[bid] == NULL) {
+        /* A long read: the next one into this buffer is handed over.  If
+         * there is no memory for that, the buffer stays in the area. */
+        self->slots[bid] = PyBytes_FromStringAndSize(NULL, self->size);
+        PyErr_Clear();
+    }
     put(self, (unsigned)bid, 0);
     io_uring_buf_ring_advance(self->br, 1);
     return data;
@@ -216,6 +229,10 @@ static PyObject *Buffers_view(Buffers *self, PyObject *const *args,
         PyErr_Format(PyExc_ValueError, "bad length %zd", a[1]);
         return NULL;
     }
+    if (self->slots[a[0]] == NULL)
+        /* The area lives until the ring is released. */
+        return PyMemoryView_FromMemory(memory_of(self, (unsigned)a[0]), a[1],
+                                       PyBUF_READ);
     whole = PyMemoryView_FromObject(self->slots[a[0]]);
     if (whole == NULL)
         return NULL;
@@ -280,10 +297,12 @@ static PyGetSetDef Buffers_getset[] = {
 };
 
 PyDoc_STRVAR(Buffers_doc,
-"Buffers(ring_address, count, size, handover)\n\n"
+"Buffers(ring_address, area_address, count, size, handover)\n\n"
 "The buffers of a registered provided-buffer ring (`ring_address`, with\n"
-"`count` entries), `size` bytes each, none in circulation until grow().\n"
-"Reads of at least `handover` bytes are handed over without a copy.");
+"`count` entries), `size` bytes each, starting in the area at\n"
+"`area_address`; none circulates until grow().  A buffer that received a\n"
+"read of at least `handover` bytes becomes a bytes object, handed over\n"
+"without a copy by the next such read.");
 
 static PyTypeObject BuffersType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -150,9 +150,10 @@ class BufferRing:
     lap; a set no larger than the reads in flight need stays in the CPU's
     caches, where sweeping all of them would make every large read miss.
 
-    The buffers themselves are bytes objects (L{uringreactor._buffers}): a
-    long read is handed to the protocol as the very object the kernel wrote
-    into, and a fresh buffer takes its place.
+    Long reads are not copied (L{uringreactor._buffers}): a buffer that
+    receives one becomes a bytes object, and the next long read into it is
+    handed to the protocol as that very object, a fresh one taking its
+    place.  Short reads are copied out.
 
     @ivar bufferSize: the size of each buffer.
     @ivar count: how many buffers there can be.
@@ -177,11 +178,15 @@ class BufferRing:
     ):
         self._ring = ring
         self._br = ffi.new("struct ur_bufring *")
-        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, groupId)
+        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
         if rc < 0:
             raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
         self._buffers = Buffers(
-            int(ffi.cast("uintptr_t", self._br.br)), count, bufferSize, HANDOVER
+            int(ffi.cast("uintptr_t", self._br.br)),
+            int(ffi.cast("uintptr_t", self._br.base)),
+            count,
+            bufferSize,
+            HANDOVER,
         )
         # Registered before the first buffer circulates: from here on the
         # ring's release frees the entries, then the buffers.
