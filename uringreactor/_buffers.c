@@ -46,7 +46,9 @@ typedef struct {
 static inline char *memory_of(Buffers *self, unsigned bid)
 {
     PyObject *slot = self->slots[bid];
-    return slot ? PyBytes_AS_STRING(slot) : self->area + (size_t)bid * self->size;
+    if (slot != NULL)
+        return PyBytes_AS_STRING(slot);
+    return self->area + (size_t)bid * (size_t)self->size;
 }
 
 static inline void put(Buffers *self, unsigned bid, int offset)
@@ -97,7 +99,8 @@ static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KKInn", names, &address,
                                      &area, &count, &size, &handover))
         return NULL;
-    if (address == 0 || area == 0 || count == 0 || (count & (count - 1)) || count > 32768) {
+    if (address == 0 || area == 0 || count == 0 || (count & (count - 1)) ||
+        count > 32768) {
         PyErr_SetString(PyExc_ValueError,
                         "a buffer ring needs an address and a power of two "
                         "of at most 32768 entries");
