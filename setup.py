@@ -3,8 +3,9 @@ Build hooks for the two extension modules; all metadata lives in
 pyproject.toml.
 
 - C{uringreactor._liburing}: the cffi binding to liburing (build_ffi.py).
-- C{uringreactor._buffers}: the provided buffers as bytes objects, the one
-  piece that needs the CPython C API (cffi cannot make Python objects).
+- C{uringreactor._buffers}: the provided buffers, and the bytes objects
+  long reads become without a copy; the one piece that needs the CPython C
+  API (cffi cannot make Python objects).
   It uses only liburing's inline helpers, so it links nothing.
 """
 
