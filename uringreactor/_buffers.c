@@ -57,12 +57,25 @@ static inline void put(Buffers *self, unsigned bid, int offset)
                           (unsigned short)bid, self->mask, offset);
 }
 
+/* Give buffer bid back to the kernel, as it now is. */
+static inline void give_back(Buffers *self, unsigned bid)
+{
+    put(self, bid, 0);
+    io_uring_buf_ring_advance(self->br, 1);
+}
+
+static int check_released(Buffers *self)
+{
+    if (self->slots != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "the buffers have been released");
+    return -1;
+}
+
 static int check_id(Buffers *self, Py_ssize_t bid)
 {
-    if (self->slots == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the buffers have been released");
+    if (check_released(self) < 0)
         return -1;
-    }
     if (bid < 0 || bid >= self->circulating) {
         PyErr_Format(PyExc_IndexError, "no buffer %zd in circulation", bid);
         return -1;
@@ -156,12 +169,8 @@ static PyObject *Buffers_grow(Buffers *self, PyObject *arg)
     Py_ssize_t more = PyLong_AsSsize_t(arg);
     unsigned i, n;
 
-    if (more == -1 && PyErr_Occurred())
+    if ((more == -1 && PyErr_Occurred()) || check_released(self) < 0)
         return NULL;
-    if (self->slots == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the buffers have been released");
-        return NULL;
-    }
     n = self->count - self->circulating;
     if (more < n)
         n = more < 0 ? 0 : (unsigned)more;
@@ -195,8 +204,7 @@ static PyObject *Buffers_take(Buffers *self, PyObject *const *args,
     if (length >= self->handover && data != NULL && Py_REFCNT(data) == 1 &&
         (fresh = PyBytes_FromStringAndSize(NULL, self->size)) != NULL) {
         self->slots[bid] = fresh;
-        put(self, (unsigned)bid, 0);
-        io_uring_buf_ring_advance(self->br, 1);
+        give_back(self, (unsigned)bid);
         if (length < self->size && _PyBytes_Resize(&data, length) < 0)
             return NULL;
         return data;
@@ -209,8 +217,7 @@ static PyObject *Buffers_take(Buffers *self, PyObject *const *args,
         self->slots[bid] = PyBytes_FromStringAndSize(NULL, self->size);
         PyErr_Clear();
     }
-    put(self, (unsigned)bid, 0);
-    io_uring_buf_ring_advance(self->br, 1);
+    give_back(self, (unsigned)bid);
     return data;
 }
 
@@ -224,7 +231,7 @@ static PyObject *Buffers_view(Buffers *self, PyObject *const *args,
                               Py_ssize_t nargs)
 {
     Py_ssize_t a[2];
-    PyObject *whole, *part, *slice;
+    PyObject *whole, *part;
 
     if (parse_ints(args, nargs, 2, a, "view") < 0 || check_id(self, a[0]) < 0)
         return NULL;
@@ -239,13 +246,7 @@ static PyObject *Buffers_view(Buffers *self, PyObject *const *args,
     whole = PyMemoryView_FromObject(self->slots[a[0]]);
     if (whole == NULL)
         return NULL;
-    slice = PySlice_New(NULL, args[1], NULL);
-    if (slice == NULL) {
-        Py_DECREF(whole);
-        return NULL;
-    }
-    part = PyObject_GetItem(whole, slice);
-    Py_DECREF(slice);
+    part = PySequence_GetSlice(whole, 0, a[1]);
     Py_DECREF(whole);
     return part;
 }
@@ -261,8 +262,7 @@ static PyObject *Buffers_recycle(Buffers *self, PyObject *arg)
         return NULL;
     if (check_id(self, bid) < 0)
         return NULL;
-    put(self, (unsigned)bid, 0);
-    io_uring_buf_ring_advance(self->br, 1);
+    give_back(self, (unsigned)bid);
     Py_RETURN_NONE;
 }
 

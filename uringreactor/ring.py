@@ -205,7 +205,7 @@ class BufferRing:
         """
         How many buffers the kernel may fill.
         """
-        return int(self._buffers.circulating)
+        return self._buffers.circulating
 
     def shortage(self) -> None:
         """
