@@ -67,6 +67,8 @@ struct iovec {
 struct ur_ring {
     unsigned setup_flags;
     unsigned features;
+    unsigned sq_entries;
+    unsigned cq_entries;
     int enabled;
     long long inflight;
     unsigned long long enters;
@@ -154,6 +156,21 @@ void ur_raise_malloc_thresholds(size_t size);
 int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
                      unsigned bufsize, int bgid);
 void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
+
+struct ur_probe {
+    unsigned ring_features;
+    int submit_all;
+    int coop_taskrun;
+    int defer_taskrun;
+    int defer_taskrun_flag;
+    int ring_fd;
+    int buf_ring;
+    int multishot_accept;
+    int multishot_recv;
+    int multishot_recvmsg;
+};
+int ur_probe_kernel(struct ur_probe *out);
+const char *ur_liburing_version(void);
 """
 
 SOURCE = r"""
@@ -167,6 +184,23 @@ SOURCE = r"""
 #include <time.h>
 #include <unistd.h>
 #include <liburing.h>
+
+#include "probe.h"
+
+/* The liburing this module was built against: 2.4 and newer say so in
+ * their header, older ones only through pkg-config at build time. */
+const char *ur_liburing_version(void)
+{
+#if defined(IO_URING_VERSION_MAJOR)
+#define UR_STR2(x) #x
+#define UR_STR(x) UR_STR2(x)
+    return UR_STR(IO_URING_VERSION_MAJOR) "." UR_STR(IO_URING_VERSION_MINOR);
+#elif defined(UR_LIBURING_PKGVERSION)
+    return UR_LIBURING_PKGVERSION;
+#else
+    return "unknown";
+#endif
+}
 
 #define UR_KIND_INTERNAL 0
 #define UR_KIND_POLL 1
@@ -185,6 +219,8 @@ struct ur_ring {
     struct io_uring ring;
     unsigned setup_flags;
     unsigned features;
+    unsigned sq_entries;         /* the sizes the kernel gave the rings */
+    unsigned cq_entries;
     int enabled;
     long long inflight;          /* operations the kernel still owns */
     unsigned long long enters;   /* calls that may enter the kernel */
@@ -233,6 +269,8 @@ int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
         return ret;
     r->setup_flags = p.flags;
     r->features = p.features;
+    r->sq_entries = p.sq_entries;
+    r->cq_entries = p.cq_entries;
     r->enabled = !(p.flags & IORING_SETUP_R_DISABLED);
     return 0;
 }
@@ -850,12 +888,35 @@ void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b)
 }
 """
 
+def _liburingVersion() -> str | None:
+    """
+    The version of the liburing being built against, from pkg-config.
+    """
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["pkg-config", "--modversion", "liburing"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+_version = _liburingVersion()
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "uringreactor._liburing",
     SOURCE,
+    sources=["uringreactor/c/probe.c"],
+    include_dirs=["uringreactor/c"],
     libraries=["uring"],
+    define_macros=[("UR_LIBURING_PKGVERSION", f'"{_version}"')] if _version else [],
     extra_compile_args=["-O2", "-Wall"],
 )
 

@@ -56,7 +56,7 @@ fi
 # Reinstall when the build inputs change (the stamp records their hash).
 stamp="$VENV/.uringreactor-installed"
 digest=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/build_ffi.py" \
-    "$ROOT/uringreactor/_buffers.c" | sha256sum | cut -d' ' -f1)
+    "$ROOT"/uringreactor/*.c "$ROOT"/uringreactor/c/* | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] \
         || ! "$VENV/bin/python" -c 'import uringreactor._liburing, uringreactor._buffers' \
             2>/dev/null; then

@@ -38,7 +38,10 @@ def _disabledSysctl() -> str | None:
         return None
 
 
-def _memlockLimit() -> str:
+def memlockLimit() -> str:
+    """
+    The soft locked-memory limit, in words.
+    """
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -107,7 +110,7 @@ def explainSetupError(err: int) -> IOUringUnavailable:
         cause = (
             "the kernel could not allocate the ring: ring memory counts "
             "against the locked-memory limit (RLIMIT_MEMLOCK, here "
-            f"{_memlockLimit()}) of a process without CAP_IPC_LOCK, as in "
+            f"{memlockLimit()}) of a process without CAP_IPC_LOCK, as in "
             "most containers, and that limit is used up"
         )
         fix = (

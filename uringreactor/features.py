@@ -1,9 +1,10 @@
 """
-Which io_uring features the reactor uses, decided once per ring.
+Which optional io_uring features the reactor uses, decided once per ring.
 
-Each feature is used only when the kernel has it, and each can be switched off
-with C{URINGREACTOR_DISABLE=name,name,...} so that the paths taken on older
-kernels can be exercised on a new one.  The names:
+A feature is used when the running kernel passed its probe
+(L{uringreactor.probe}) and the environment does not switch it off: each can
+be disabled with C{URINGREACTOR_DISABLE=name,name,...} (or C{all}), so that
+the paths older kernels take can be exercised on a new one.  The names:
 
   - C{defer_taskrun}: create the ring with C{SINGLE_ISSUER | DEFER_TASKRUN}
     (6.1), so completions are processed only when the event loop asks for
@@ -13,17 +14,20 @@ kernels can be exercised on a new one.  The names:
   - C{submit_all}: C{SUBMIT_ALL} (5.18): one bad SQE does not stop the batch.
   - C{ring_fd}: register the ring fd (5.18), saving an fd lookup per enter.
   - C{multishot_accept}: one accept operation for all connections (5.19).
-  - C{multishot_recv}: one recv operation per connection for all its data,
-    into the provided buffer ring (6.0).
   - C{buf_ring}: a provided buffer ring (5.19) shared by all connections, so
     idle connections hold no read buffer.
-  - C{cancel_any}: C{IORING_ASYNC_CANCEL_ANY} (5.19), used to drain a ring
-    that is released without having been stopped.
+  - C{multishot_recv}: one recv (or recvmsg, for UDP) operation per socket
+    for all its data, into the provided buffer ring (6.0).
   - C{spin_wait}: before blocking for completions, watch the rings from user
     space for a short while (C{URINGREACTOR_SPIN_US}, 50 microseconds by
     default, adapted to the traffic): an event that comes that soon costs no
     sleep and wake-up.  With C{defer_taskrun} or C{coop_taskrun} the ring is
     created with C{TASKRUN_FLAG} so that pending work shows in user space.
+
+L{Features} also records, for every feature not in use, why: the kernel
+lacks it (what the probe tried and what the kernel answered), the
+environment disabled it, or another feature it needs is off.
+C{python -m uringreactor} prints that.
 """
 
 from __future__ import annotations
@@ -31,38 +35,41 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from uringreactor.probe import KernelSupport, kernelSupport
+
 ALL_FEATURES = (
     "defer_taskrun",
     "coop_taskrun",
     "submit_all",
     "ring_fd",
     "multishot_accept",
-    "multishot_recv",
     "buf_ring",
-    "cancel_any",
+    "multishot_recv",
     "spin_wait",
 )
 
-# The first kernel version that has each feature.
-_MIN_KERNEL = {
-    "defer_taskrun": (6, 1),
-    "coop_taskrun": (5, 19),
-    "submit_all": (5, 18),
-    "ring_fd": (5, 18),
-    "multishot_accept": (5, 19),
-    "multishot_recv": (6, 0),
-    "buf_ring": (5, 19),
-    "cancel_any": (5, 19),
-    "spin_wait": (5, 5),
+# The probes each feature must pass.
+_PROBES = {
+    "defer_taskrun": ("defer_taskrun",),
+    "coop_taskrun": ("coop_taskrun",),
+    "submit_all": ("submit_all",),
+    "ring_fd": ("ring_fd",),
+    "multishot_accept": ("multishot_accept",),
+    "buf_ring": ("buf_ring",),
+    "multishot_recv": ("multishot_recv", "multishot_recvmsg"),
+    "spin_wait": (),
 }
 
 # The default longest spin before blocking, in microseconds.
 DEFAULT_SPIN_US = 50
 
+DISABLE_ENV = "URINGREACTOR_DISABLE"
+
 
 def kernelVersion() -> tuple[int, int]:
     """
-    The running kernel's (major, minor) version.
+    The running kernel's (major, minor) version, for messages only: what
+    the reactor uses is probed, not inferred from this.
     """
     release = os.uname().release
     parts = []
@@ -86,14 +93,14 @@ def disabledByEnvironment(environ: dict[str, str] | None = None) -> frozenset[st
     C{ValueError} so that a typo does not silently test the wrong path.
     """
     env = os.environ if environ is None else environ
-    raw = env.get("URINGREACTOR_DISABLE", "")
+    raw = env.get(DISABLE_ENV, "")
     names = {n.strip() for n in raw.split(",") if n.strip()}
     if "all" in names:
         return frozenset(ALL_FEATURES)
     unknown = names - set(ALL_FEATURES)
     if unknown:
         raise ValueError(
-            "URINGREACTOR_DISABLE names unknown features: "
+            f"{DISABLE_ENV} names unknown features: "
             + ", ".join(sorted(unknown))
             + "; known: "
             + ", ".join(ALL_FEATURES)
@@ -125,35 +132,80 @@ def spinMicroseconds(environ: dict[str, str] | None = None) -> int:
 @dataclass
 class Features:
     """
-    The optional features wanted for a ring: those the running kernel is
-    recent enough for, minus those disabled through the environment.  The
-    ring narrows this further to what the kernel actually accepted.
+    The optional features a ring uses.
+
+    @ivar enabled: the names of the features in use.
+    @ivar why: for each feature not in use, the reason.
+    @ivar support: the probe results the decision came from.
+    @ivar spinMicroseconds: the longest spin before blocking.
     """
 
     enabled: set[str] = field(default_factory=set)
+    why: dict[str, str] = field(default_factory=dict)
+    support: KernelSupport | None = None
     spinMicroseconds: int = DEFAULT_SPIN_US
 
     @classmethod
-    def detect(cls, environ: dict[str, str] | None = None) -> Features:
-        version = kernelVersion()
+    def detect(
+        cls,
+        environ: dict[str, str] | None = None,
+        support: KernelSupport | None = None,
+    ) -> Features:
+        """
+        The features to use: those the kernel passed the probe for, less
+        those the environment disables.
+
+        @raise uringreactor.errors.IOUringUnavailable: io_uring is refused.
+        """
+        if support is None:
+            support = kernelSupport()
         disabled = disabledByEnvironment(environ)
-        enabled = {
-            name
-            for name in ALL_FEATURES
-            if name not in disabled and version >= _MIN_KERNEL[name]
-        }
-        # Multishot recv needs somewhere to put the data.
-        if "buf_ring" not in enabled:
-            enabled.discard("multishot_recv")
-        spin = spinMicroseconds(environ)
-        if not spin:
-            enabled.discard("spin_wait")
-        return cls(enabled, spin)
+        self = cls(support=support, spinMicroseconds=spinMicroseconds(environ))
+        for name in ALL_FEATURES:
+            failed = [p for p in _PROBES[name] if not support.supports(p)]
+            if name in disabled:
+                self.why[name] = f"disabled by {DISABLE_ENV}"
+            elif failed:
+                self.why[name] = "the kernel lacks it: " + "; ".join(
+                    support.why(p) for p in failed
+                )
+            else:
+                self.enabled.add(name)
+        if not self.spinMicroseconds:
+            self.discard("spin_wait", "URINGREACTOR_SPIN_US is 0")
+        if "buf_ring" not in self.enabled:
+            self.discard("multishot_recv", "it needs buf_ring")
+        if "defer_taskrun" in self.enabled:
+            self.discard("coop_taskrun", "defer_taskrun is used instead")
+            if "spin_wait" in self.enabled and not support.supports(
+                "defer_taskrun_flag"
+            ):
+                # Deferred work would stay invisible to a spin.
+                self.discard(
+                    "spin_wait",
+                    "with defer_taskrun it needs TASKRUN_FLAG: "
+                    + support.why("defer_taskrun_flag"),
+                )
+        return self
 
     def __contains__(self, name: str) -> bool:
         return name in self.enabled
 
-    def discard(self, name: str) -> None:
-        self.enabled.discard(name)
+    def discard(self, name: str, why: str) -> None:
+        """
+        Stop using a feature (and those that need it), saying why.
+        """
+        if name in self.enabled:
+            self.enabled.discard(name)
+            self.why[name] = why
         if name == "buf_ring":
-            self.enabled.discard("multishot_recv")
+            self.discard("multishot_recv", "it needs buf_ring")
+
+    def describe(self) -> list[tuple[str, str]]:
+        """
+        Each feature with C{"used"} or the reason it is not.
+        """
+        return [
+            (name, "used" if name in self.enabled else "not used: " + self.why[name])
+            for name in ALL_FEATURES
+        ]

@@ -131,8 +131,10 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                     BUFFER_GROUP,
                     circulating=buffersAtStart,
                 )
-            except OSError:
-                self._ring.features.discard("buf_ring")
+            except OSError as e:
+                self._ring.features.discard(
+                    "buf_ring", f"setting up the provided buffers failed: {e}"
+                )
         self._reads: dict[Any, int] = {}
         self._writes: dict[Any, int] = {}
         self._handles: set[Any] = set()

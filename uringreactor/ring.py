@@ -48,7 +48,7 @@ from twisted.logger import Logger
 
 from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi, lib
-from uringreactor.errors import explainSetupError
+from uringreactor.errors import explainSetupError, memlockLimit
 from uringreactor.features import Features
 
 _log = Logger()
@@ -66,6 +66,10 @@ KIND_OTHER = lib.UR_KIND_OTHER
 F_MORE = lib.IORING_CQE_F_MORE
 F_BUFFER = lib.IORING_CQE_F_BUFFER
 BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
+
+# The smallest submission queue a ring is reduced to when the locked-memory
+# limit has no room for the size asked for.
+_SMALLEST_RING = 32
 
 # How many completions one C call copies out.
 _REAP_BATCH = 512
@@ -266,81 +270,92 @@ class Ring:
 
     # -- set-up ---------------------------------------------------------
 
-    def _setUp(self, entries: int, completionEntries: int) -> None:
+    def _setupFlags(self) -> int:
+        """
+        The setup flags for the features in use (all of them probed).
+        """
         features = self.features
-        attempts: list[tuple[str | None, int]] = []
-        submitAll = lib.IORING_SETUP_SUBMIT_ALL if "submit_all" in features else 0
+        flags = lib.IORING_SETUP_SUBMIT_ALL if "submit_all" in features else 0
         if "defer_taskrun" in features:
-            deferred = (
+            flags |= (
                 lib.IORING_SETUP_SINGLE_ISSUER
                 | lib.IORING_SETUP_DEFER_TASKRUN
                 # The single issuer becomes the thread that enables the
                 # ring: the one running the event loop, which need not be
                 # the one that built the reactor.
                 | lib.IORING_SETUP_R_DISABLED
-                | submitAll
             )
             if "spin_wait" in features:
                 # Pending deferred work is then flagged in the SQ ring,
-                # where a spinning loop can see it; if the kernel refuses
-                # the combination, the next attempt goes without it.
-                attempts.append(
-                    ("defer_taskrun", deferred | lib.IORING_SETUP_TASKRUN_FLAG)
+                # where a spinning loop can see it.
+                flags |= lib.IORING_SETUP_TASKRUN_FLAG
+        elif "coop_taskrun" in features:
+            flags |= lib.IORING_SETUP_COOP_TASKRUN | lib.IORING_SETUP_TASKRUN_FLAG
+        return flags
+
+    def _setUp(self, entries: int, completionEntries: int) -> None:
+        flags = self._setupFlags()
+        rc = self._init(entries, completionEntries, flags)
+        if rc == -errno.EINVAL and flags:
+            # The probe's rings took these flags, so this should not
+            # happen; if it does, a plain ring still works.
+            for name in ("defer_taskrun", "coop_taskrun", "submit_all"):
+                self.features.discard(
+                    name, "the kernel refused the ring's setup flags (EINVAL)"
                 )
-            attempts.append(("defer_taskrun", deferred))
-        if "coop_taskrun" in features:
-            attempts.append(
-                (
-                    "coop_taskrun",
-                    lib.IORING_SETUP_COOP_TASKRUN
-                    | lib.IORING_SETUP_TASKRUN_FLAG
-                    | submitAll,
-                )
-            )
-        if submitAll:
-            attempts.append(("submit_all", submitAll))
-        attempts.append((None, 0))
-        lastError = errno.EINVAL
-        collected = False
-        for name, flags in attempts:
+            rc = self._init(entries, completionEntries, 0)
+        if rc == -errno.ENOMEM:
+            rc = self._initSmaller(entries, completionEntries, self._setupFlags())
+        if rc < 0:
+            raise explainSetupError(-rc)
+
+    def _init(self, entries: int, completionEntries: int, flags: int) -> int:
+        rc: int = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
+        if rc != -errno.ENOMEM:
+            return rc
+        # Rings of reactors that are garbage but not yet collected still
+        # count against RLIMIT_MEMLOCK: collect them, then give the kernel,
+        # which tears rings down asynchronously, up to half a second to give
+        # their memory back.
+        gc.collect()
+        deadline = time.monotonic() + 0.5
+        while True:
             rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
-            if rc == -errno.ENOMEM and not collected:
-                # Rings of reactors that are garbage but not yet collected
-                # still count against RLIMIT_MEMLOCK: collect them, then give
-                # the kernel, which tears rings down asynchronously, up to
-                # half a second to give their memory back.
-                collected = True
-                gc.collect()
-                deadline = time.monotonic() + 0.5
-                while True:
-                    rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
-                    if rc != -errno.ENOMEM or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.01)
-            if rc == 0:
-                self._setupFlags = flags
-                # Features of rejected attempts are off for this ring.
-                for rejected, _ in attempts:
-                    if rejected == name:
-                        break
-                    if rejected is not None:
-                        features.discard(rejected)
-                if name == "defer_taskrun":
-                    features.discard("coop_taskrun")
-                    if not flags & lib.IORING_SETUP_TASKRUN_FLAG:
-                        # Deferred work would stay invisible to a spin.
-                        features.discard("spin_wait")
-                if not flags & lib.IORING_SETUP_SUBMIT_ALL:
-                    features.discard("submit_all")
-                return
-            lastError = -rc
-            if lastError != errno.EINVAL:
-                break
-        raise explainSetupError(lastError)
+            if rc != -errno.ENOMEM or time.monotonic() > deadline:
+                return rc
+            time.sleep(0.01)
+
+    def _initSmaller(self, entries: int, completionEntries: int, flags: int) -> int:
+        """
+        The locked-memory limit has no room for a ring of the size asked
+        for: halve it until one fits, down to L{_SMALLEST_RING} entries.
+        Processes without CAP_IPC_LOCK have their rings charged to
+        RLIMIT_MEMLOCK, which is 64 KiB by default on kernels before 5.16
+        (Debian 11's 5.10 among them): there a ring of 1024 entries (about
+        200 KiB) never fits, one of 256 does.  A smaller ring only submits
+        and reaps in smaller batches.
+        """
+        rc = -errno.ENOMEM
+        while rc == -errno.ENOMEM and entries > _SMALLEST_RING:
+            entries //= 2
+            completionEntries = max(completionEntries // 2, 2 * entries)
+            rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
+        if rc == 0:
+            _log.warn(
+                "io_uring ring reduced to {entries} submission and "
+                "{completions} completion entries to fit the locked-memory "
+                "limit (RLIMIT_MEMLOCK, {limit}); raise it (ulimit -l, "
+                "LimitMEMLOCK= in a systemd unit, --ulimit memlock= for a "
+                "container) for larger batches",
+                entries=int(self._ptr.sq_entries),
+                completions=int(self._ptr.cq_entries),
+                limit=memlockLimit(),
+            )
+        return rc
 
     def _probe(self) -> None:
         """
-        Check the ring's own feature bits; drop what the kernel lacks.
+        Check the ring's own feature bits.
         """
         if not self._ptr.features & lib.IORING_FEAT_NODROP:
             # Before 5.5 the kernel may drop completions when the CQ is
@@ -360,8 +375,13 @@ class Ring:
         if rc < 0:
             raise OSError(-rc, "io_uring enable: " + os.strerror(-rc))
         if "ring_fd" in self.features:
-            if lib.ur_register_ring_fd(self._ptr) < 0:
-                self.features.discard("ring_fd")
+            rc = lib.ur_register_ring_fd(self._ptr)
+            if rc < 0:
+                self.features.discard(
+                    "ring_fd",
+                    f"registering the ring's descriptor answered "
+                    f"{errno.errorcode.get(-rc, str(-rc))}",
+                )
 
     # -- operations -----------------------------------------------------
 
@@ -582,6 +602,20 @@ class Ring:
             "spins": int(p.spins),
             "spin_hits": int(p.spin_hits),
         }
+
+    @property
+    def entries(self) -> int:
+        """
+        The size of the submission queue the kernel gave the ring.
+        """
+        return int(self._ptr.sq_entries)
+
+    @property
+    def completionEntries(self) -> int:
+        """
+        The size of the completion queue.
+        """
+        return int(self._ptr.cq_entries)
 
     @property
     def fileno(self) -> int:
