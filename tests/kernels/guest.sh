@@ -49,6 +49,11 @@ trap finish EXIT
 
 hostname kernel-guest
 ip link set lo up
+# An interface with a link-local IPv6 address, as real machines have.
+insmod /lib/modules/dummy.ko
+sysctl -qw net.ipv6.conf.default.accept_dad=0
+ip link add eth0 type dummy
+ip link set eth0 up
 # As much as the tests ask for (10,000 connections and their peers).
 ulimit -n 65536
 ulimit -u unlimited

@@ -128,7 +128,7 @@ aptUpdate() {
 
 fetchKernel() {
     local label=$1 suite=$2 prefix=$3 dir="$CACHE/kernel-$1"
-    [ -f "$dir/vmlinuz" ] && return
+    [ -f "$dir/vmlinuz" ] && [ -f "$dir/modules.cpio" ] && return
     aptUpdate
     # The newest linux-image-amd64 of that suite (or its security
     # updates) with the expected version, and the image it depends on.
@@ -159,8 +159,27 @@ fetchKernel() {
     fi
     mkdir -p "$tmp/x"
     for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
-    mkdir -p "$dir"
+    # The dummy network driver, so that the guest has an interface with a
+    # link-local IPv6 address (Twisted's IPv6 scope tests need one).  Newer
+    # packages keep modules in a linux-modules-* package.
+    if [ -z "$(find "$tmp/x" -name 'dummy.ko*')" ]; then
+        local modules
+        modules=$(dpkg-deb -f "$tmp"/linux-image-*.deb Depends | tr ',' '\n' \
+            | sed -n 's/^ *\(linux-modules-[0-9][^ ]*\).*/\1/p')
+        (cd "$tmp" && apt-get "${APT_OPTS[@]}" download "$modules=$version" \
+            >/dev/null 2>&1) || { echo "could not download $modules" >&2; exit 1; }
+        dpkg-deb -x "$tmp"/linux-modules-*.deb "$tmp/x"
+    fi
+    mkdir -p "$dir" "$tmp/m/lib/modules"
     find "$tmp/x" -name 'vmlinuz*' -type f -exec cp {} "$dir/vmlinuz" \;
+    local ko
+    ko=$(find "$tmp/x" -name 'dummy.ko*' | head -1)
+    case "$ko" in
+        *.xz) xz -dc "$ko" ;;
+        *.zst) zstd -dc "$ko" ;;
+        *) cat "$ko" ;;
+    esac >"$tmp/m/lib/modules/dummy.ko"
+    (cd "$tmp/m" && find . | cpio -o -H newc --quiet) >"$dir/modules.cpio"
     echo "$image $version" >"$dir/package"
     rm -rf "$tmp"
 }
@@ -168,7 +187,7 @@ fetchKernel() {
 # -- root file system -------------------------------------------------------
 
 ROOTFS="$CACHE/rootfs"
-PACKAGES=python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,liburing-dev,curl,bind9-dnsutils,iproute2,procps,libseccomp2,libcap2-bin,ca-certificates,util-linux
+PACKAGES=python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,liburing-dev,curl,bind9-dnsutils,iproute2,procps,libseccomp2,libcap2-bin,ca-certificates,util-linux,kmod
 # Rebuilt when the package list, the project's dependencies or this recipe
 # change.
 rootfsDigest=$(printf '%s\n' "$PACKAGES" "$MIRROR" "rootfs-recipe-1" \
@@ -301,15 +320,18 @@ runGuest() {
     mkdir -p "$out"
     local cpu=(-cpu max)
     [ "$accel" = kvm ] && cpu=(-cpu host)
+    # The kernel unpacks concatenated archives one after the other.
+    cat "$CACHE/initrd.cpio" "$CACHE/kernel-$label/modules.cpio" >"$CACHE/initrd-$label.cpio"
     local t0 rc=0
     t0=$(date +%s)
     timeout "$TIMEOUT" qemu-system-x86_64 -accel "$accel" "${cpu[@]}" -smp 2 -m "$MEMORY" \
         -nographic -no-reboot -monitor none \
-        -kernel "$CACHE/kernel-$label/vmlinuz" -initrd "$CACHE/initrd.cpio" \
+        -kernel "$CACHE/kernel-$label/vmlinuz" -initrd "$CACHE/initrd-$label.cpio" \
         -serial "file:$out/console.log" -serial "file:$out/results.txt" \
         -append "console=ttyS0 panic=-1 quiet uringreactor.mode=$MODE uringreactor.accel=$accel" \
         </dev/null >"$out/qemu.log" 2>&1 || rc=$?
     echo $(( $(date +%s) - t0 )) >"$out/seconds"
+    rm -f "$CACHE/initrd-$label.cpio"
     if [ $rc = 124 ]; then
         echo "TIMEOUT guest still running after ${TIMEOUT}s" >>"$out/results.txt"
     fi
