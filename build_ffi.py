@@ -56,8 +56,6 @@ CDEF = r"""
 #define UR_KIND_ACCEPT ...
 #define UR_KIND_RECV ...
 #define UR_KIND_SEND ...
-#define UR_KIND_CONNECT ...
-#define UR_KIND_OTHER ...
 
 struct iovec {
     void *iov_base;
@@ -112,39 +110,36 @@ int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
 int ur_drain(struct ur_ring *r, int timeout_ms);
 
-int ur_prep_nop(struct ur_ring *r, uint64_t ud);
-int ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
-                 uint64_t ud);
-int ur_prep_cancel(struct ur_ring *r, uint64_t target, uint64_t ud);
-int ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
-                   int flags, int multishot, uint64_t ud);
-int ur_prep_connect(struct ur_ring *r, int fd, const void *addr,
-                    unsigned addrlen, uint64_t ud);
-int ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len, int flags,
-                 uint64_t ud);
-int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
-                           uint64_t ud);
-int ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
-                 int flags, uint64_t ud);
+int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
+                     unsigned kind);
+int ur_prep_cancel(struct ur_ring *r, uint64_t target);
+int64_t ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
+                       int flags, int multishot, unsigned kind);
+int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,
+                     int flags, unsigned kind);
+int64_t ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
+                               unsigned kind);
+int64_t ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
+                     int flags, unsigned kind);
 uintptr_t ur_address_of(const char *p);
-int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
-                  void *msghdr, int flags, uint64_t ud);
+int64_t ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov,
+                      int iovcnt, void *msghdr, int flags, unsigned kind);
 size_t ur_msghdr_size(void);
 
 #define UR_CONTROL_SIZE ...
 #define UR_NAME_SIZE ...
 #define UR_RECVMSG_OUT_SIZE ...
 struct ur_msg { ...; };
-int ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
-                              unsigned namelen, unsigned controllen, int bgid,
-                              uint64_t ud);
-int ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
-                         char *buf, size_t len, unsigned namelen,
-                         unsigned controllen, int bgid, uint64_t ud);
-int ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
-                       const char *buf, size_t len, const char *name,
-                       unsigned namelen, int passfd, int flags, int link,
-                       uint64_t ud);
+int64_t ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
+                                  unsigned namelen, unsigned controllen,
+                                  int bgid, unsigned kind);
+int64_t ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
+                             char *buf, size_t len, unsigned namelen,
+                             unsigned controllen, int bgid, unsigned kind);
+int64_t ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
+                           const char *buf, size_t len, const char *name,
+                           unsigned namelen, int passfd, int flags, int link,
+                           unsigned kind);
 unsigned ur_msg_namelen(struct ur_msg *m);
 size_t ur_msg_controllen(struct ur_msg *m);
 int ur_msg_flags(struct ur_msg *m);
@@ -207,9 +202,12 @@ const char *ur_liburing_version(void)
 #define UR_KIND_ACCEPT 2
 #define UR_KIND_RECV 3
 #define UR_KIND_SEND 4
-#define UR_KIND_CONNECT 5
-#define UR_KIND_OTHER 6
 #define UR_KIND(ud) ((unsigned)((ud) & 0xff))
+/* user_data: bits 0-7 the kind, 8-31 the operation's slot in the ring's
+ * table of operations in flight, 32-62 a serial number, so that a tag is
+ * never reused while Python may still hold it. */
+#define UR_SLOT_BITS 24
+#define UR_SLOT(ud) ((uint32_t)(((ud) >> 8) & ((1u << UR_SLOT_BITS) - 1)))
 
 #ifndef IORING_CQE_BUFFER_SHIFT
 #define IORING_CQE_BUFFER_SHIFT 16
@@ -232,6 +230,15 @@ struct ur_ring {
     unsigned long long spins;    /* waits that spun first */
     unsigned long long spin_hits;/* ... and found work while spinning */
     unsigned long long cqes_at_wait; /* cqes when the last wait began */
+    /* The operations the kernel owns: the user_data of each in its slot
+     * (0 for a free slot), and a stack of free slots.  With it a ring
+     * released without its event loop can cancel every operation by its
+     * tag, on every kernel (IORING_ASYNC_CANCEL_ANY needs 5.19). */
+    uint64_t *slots;
+    uint32_t *free_slots;
+    uint32_t nslots;
+    uint32_t nfree;
+    uint32_t serial;
 };
 
 struct ur_cqe {
@@ -278,6 +285,11 @@ int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
 void ur_ring_exit(struct ur_ring *r)
 {
     io_uring_queue_exit(&r->ring);
+    free(r->slots);
+    free(r->free_slots);
+    r->slots = NULL;
+    r->free_slots = NULL;
+    r->nslots = r->nfree = 0;
 }
 
 /* A ring created with IORING_SETUP_R_DISABLED takes its single issuer from
@@ -322,13 +334,31 @@ unsigned ur_sq_ready(struct ur_ring *r)
     return io_uring_sq_ready(&r->ring);
 }
 
+/* Without IORING_SETUP_SUBMIT_ALL (before 5.18) the kernel stops submitting
+ * at the first SQE it rejects (which completes with its error; on 5.10 one
+ * naming a closed descriptor is rejected so, with EBADF) and leaves the rest
+ * in the queue.  Submit those too, while that makes progress: a CQ that
+ * overflowed (EBUSY) must be reaped first. */
+static int ur_submit_rest(struct ur_ring *r, int ret)
+{
+    int more, i;
+
+    for (i = 0; i < 16 && ret >= 0 && io_uring_sq_ready(&r->ring); i++) {
+        r->enters++;
+        more = io_uring_submit(&r->ring);
+        if (more <= 0)
+            break;
+    }
+    return ret;
+}
+
 int ur_submit(struct ur_ring *r)
 {
     int ret;
     if (!r->enabled && (ret = ur_ring_enable(r)) < 0)
         return ret;
     r->enters++;
-    return io_uring_submit(&r->ring);
+    return ur_submit_rest(r, io_uring_submit(&r->ring));
 }
 
 /* Submit everything queued and block for a completion, at most timeout_ns
@@ -441,11 +471,15 @@ int ur_enter(struct ur_ring *r, int wait, long long timeout_ns)
         return ret;
     r->enters++;
     if (!wait)
-        return io_uring_submit_and_get_events(&r->ring);
-    if (r->spin_max_ns > 0)
-        return ur_spin_then_wait(r, timeout_ns);
-    return ur_wait(r, timeout_ns);
+        ret = io_uring_submit_and_get_events(&r->ring);
+    else if (r->spin_max_ns > 0)
+        ret = ur_spin_then_wait(r, timeout_ns);
+    else
+        ret = ur_wait(r, timeout_ns);
+    return ur_submit_rest(r, ret);
 }
+
+static inline void ur_release(struct ur_ring *r, uint64_t ud);
 
 /* Copy up to max completions into out and mark them seen. */
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max)
@@ -465,7 +499,7 @@ int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max)
         out[n].flags = cqe->flags;
         if (UR_KIND(cqe->user_data) != UR_KIND_INTERNAL &&
             !(cqe->flags & IORING_CQE_F_MORE))
-            r->inflight--;
+            ur_release(r, cqe->user_data);
         n++;
     }
     if (seen)
@@ -488,164 +522,227 @@ static struct io_uring_sqe *ur_sqe(struct ur_ring *r)
     return io_uring_get_sqe(&r->ring);
 }
 
-static inline void ur_tag(struct ur_ring *r, struct io_uring_sqe *sqe,
-                          uint64_t ud)
+static int ur_grow_slots(struct ur_ring *r)
 {
-    io_uring_sqe_set_data64(sqe, ud);
-    r->sqes++;
-    if (UR_KIND(ud) != UR_KIND_INTERNAL)
-        r->inflight++;
+    uint32_t n = r->nslots ? r->nslots * 2 : 1024, i;
+    uint64_t *slots;
+    uint32_t *free_slots;
+
+    if (n > (1u << UR_SLOT_BITS))
+        return -EBUSY;
+    slots = realloc(r->slots, n * sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    r->slots = slots;
+    free_slots = realloc(r->free_slots, n * sizeof(*free_slots));
+    if (!free_slots)
+        return -ENOMEM;
+    r->free_slots = free_slots;
+    /* Lowest slot on top of the stack. */
+    for (i = n; i > r->nslots; i--) {
+        slots[i - 1] = 0;
+        free_slots[r->nfree++] = i - 1;
+    }
+    r->nslots = n;
+    return 0;
 }
 
-#define UR_GET_SQE(r, sqe) \
-    do { sqe = ur_sqe(r); if (!sqe) return -EBUSY; } while (0)
+/* A new operation of the given kind: a slot in the table, a fresh tag and
+ * a free SQE.  Returns the tag (> 0) or -errno; the caller prepares the SQE
+ * and ends with ur_tag(). */
+static int64_t ur_begin(struct ur_ring *r, unsigned kind,
+                        struct io_uring_sqe **sqe)
+{
+    uint64_t ud;
+    uint32_t slot;
+
+    if (!r->nfree) {
+        int ret = ur_grow_slots(r);
+        if (ret < 0)
+            return ret;
+    }
+    *sqe = ur_sqe(r);
+    if (!*sqe)
+        return -EBUSY;
+    slot = r->free_slots[--r->nfree];
+    r->serial = (r->serial + 1) & 0x7fffffff;
+    ud = ((uint64_t)r->serial << 32) | ((uint64_t)slot << 8) | (kind & 0xff);
+    r->slots[slot] = ud;
+    r->inflight++;
+    return (int64_t)ud;
+}
+
+static inline int64_t ur_tag(struct ur_ring *r, struct io_uring_sqe *sqe,
+                             int64_t ud)
+{
+    io_uring_sqe_set_data64(sqe, (uint64_t)ud);
+    r->sqes++;
+    return ud;
+}
+
+/* The operation tagged ud has had its last completion. */
+static inline void ur_release(struct ur_ring *r, uint64_t ud)
+{
+    uint32_t slot = UR_SLOT(ud);
+
+    if (slot < r->nslots && r->slots[slot] == ud) {
+        r->slots[slot] = 0;
+        r->free_slots[r->nfree++] = slot;
+        r->inflight--;
+    }
+}
+
+#define UR_BEGIN(r, kind, sqe, ud) \
+    do { ud = ur_begin(r, kind, &sqe); if (ud < 0) return ud; } while (0)
+
+/* Reap what has completed during a drain: release the slots of finished
+ * operations and close the sockets that late accepts still produced. */
+static void ur_drain_reap(struct ur_ring *r)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    int seen = 0;
+
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        seen++;
+        if (cqe->user_data == LIBURING_UDATA_TIMEOUT ||
+            UR_KIND(cqe->user_data) == UR_KIND_INTERNAL)
+            continue;
+        if (UR_KIND(cqe->user_data) == UR_KIND_ACCEPT && cqe->res >= 0)
+            close(cqe->res);
+        if (!(cqe->flags & IORING_CQE_F_MORE))
+            ur_release(r, cqe->user_data);
+    }
+    if (seen)
+        io_uring_cq_advance(&r->ring, seen);
+}
 
 /* Cancel every operation still owned by the kernel and wait for their
  * completions, so that no buffer is freed while the kernel can still use it.
- * Sockets produced by accepts that complete meanwhile are closed.  Used when
+ * Each is cancelled by its own tag, which every kernel supports.  Used when
  * a ring is released without its event loop having drained it.  Returns the
  * number of operations still outstanding (0 on success). */
 int ur_drain(struct ur_ring *r, int timeout_ms)
 {
     struct io_uring_sqe *sqe;
-    struct io_uring_cqe *cqe;
-    unsigned head;
-    int seen, rounds = 0;
+    uint32_t slot;
+    int rounds = 0;
 
     if (r->inflight <= 0)
         return 0;
-    sqe = ur_sqe(r);
-    if (sqe) {
-        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    for (slot = 0; slot < r->nslots; slot++) {
+        if (!r->slots[slot])
+            continue;
+        while (!(sqe = io_uring_get_sqe(&r->ring))) {
+            /* The SQ is full: submit, and make room in the CQ. */
+            ur_enter(r, 0, 0);
+            ur_drain_reap(r);
+            if (++rounds > timeout_ms)
+                return (int)r->inflight;
+        }
+        io_uring_prep_cancel64(sqe, r->slots[slot], 0);
         io_uring_sqe_set_data64(sqe, 0);
     }
+    rounds = 0;
     while (r->inflight > 0 && rounds < timeout_ms) {
         ur_enter(r, 1, 1000000);
+        ur_drain_reap(r);
         rounds++;
-        seen = 0;
-        io_uring_for_each_cqe(&r->ring, head, cqe) {
-            seen++;
-            if (cqe->user_data == LIBURING_UDATA_TIMEOUT)
-                continue;
-            if (UR_KIND(cqe->user_data) == UR_KIND_INTERNAL)
-                continue;
-            if (UR_KIND(cqe->user_data) == UR_KIND_ACCEPT && cqe->res >= 0)
-                close(cqe->res);
-            if (!(cqe->flags & IORING_CQE_F_MORE))
-                r->inflight--;
-        }
-        if (seen)
-            io_uring_cq_advance(&r->ring, seen);
     }
     return (int)r->inflight;
 }
 
-int ur_prep_nop(struct ur_ring *r, uint64_t ud)
+int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
+                     unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
-    io_uring_prep_nop(sqe);
-    ur_tag(r, sqe, ud);
-    return 0;
-}
-
-int ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
-                 uint64_t ud)
-{
-    struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     if (multishot)
         io_uring_prep_poll_multishot(sqe, fd, mask);
     else
         io_uring_prep_poll_add(sqe, fd, mask);
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
-int ur_prep_cancel(struct ur_ring *r, uint64_t target, uint64_t ud)
+/* Cancel the operation tagged target.  The cancellation itself is tagged
+ * UR_KIND_INTERNAL and not tracked. */
+int ur_prep_cancel(struct ur_ring *r, uint64_t target)
 {
-    struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    struct io_uring_sqe *sqe = ur_sqe(r);
+    if (!sqe)
+        return -EBUSY;
     io_uring_prep_cancel64(sqe, target, 0);
-    ur_tag(r, sqe, ud);
+    io_uring_sqe_set_data64(sqe, 0);
+    r->sqes++;
     return 0;
 }
 
-int ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
-                   int flags, int multishot, uint64_t ud)
+int64_t ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
+                       int flags, int multishot, unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     if (multishot)
         io_uring_prep_multishot_accept(sqe, fd, (struct sockaddr *)addr,
                                        (socklen_t *)addrlen, flags);
     else
         io_uring_prep_accept(sqe, fd, (struct sockaddr *)addr,
                              (socklen_t *)addrlen, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
-int ur_prep_connect(struct ur_ring *r, int fd, const void *addr,
-                    unsigned addrlen, uint64_t ud)
+int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,
+                     int flags, unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
-    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)addr, addrlen);
-    ur_tag(r, sqe, ud);
-    return 0;
-}
-
-int ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len, int flags,
-                 uint64_t ud)
-{
-    struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     io_uring_prep_recv(sqe, fd, buf, len, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
-int ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
-                           uint64_t ud)
+int64_t ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
+                               unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     io_uring_prep_recv_multishot(sqe, fd, NULL, 0, flags);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = bgid;
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 /* buf is char * so that Python can pass a bytes object as it is: cffi then
  * hands over a pointer to the object's own storage, no copy (checked by the
  * tests through ur_address_of).  The caller keeps the object alive until the
  * completion. */
-int ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
-                 int flags, uint64_t ud)
+int64_t ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
+                     int flags, unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     io_uring_prep_send(sqe, fd, buf, len, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 /* sendmsg of a plain iovec: msghdr is caller-owned memory of
  * ur_msghdr_size() bytes that must live until the completion. */
-int ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov, int iovcnt,
-                  void *msghdr, int flags, uint64_t ud)
+int64_t ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov,
+                      int iovcnt, void *msghdr, int flags, unsigned kind)
 {
     struct io_uring_sqe *sqe;
     struct msghdr *msg = (struct msghdr *)msghdr;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     memset(msg, 0, sizeof(*msg));
     msg->msg_iov = iov;
     msg->msg_iovlen = iovcnt;
     io_uring_prep_sendmsg(sqe, fd, msg, flags);
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 uintptr_t ur_address_of(const char *p)
@@ -685,31 +782,32 @@ struct ur_msg {
  * then starts with a struct io_uring_recvmsg_out, followed by namelen bytes
  * for the source address, controllen bytes for control data, and the
  * payload (see io_uring_prep_recvmsg_multishot(3)). */
-int ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
-                              unsigned namelen, unsigned controllen, int bgid,
-                              uint64_t ud)
+int64_t ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
+                                  unsigned namelen, unsigned controllen,
+                                  int bgid, unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     memset(&m->hdr, 0, sizeof(m->hdr));
     m->hdr.msg_namelen = namelen;
     m->hdr.msg_controllen = controllen;
     io_uring_prep_recvmsg_multishot(sqe, fd, &m->hdr, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = bgid;
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 /* Single-shot recvmsg of up to len bytes into buf, or into a provided
  * buffer of group bgid if bgid is not negative; the address and control
  * data go into m. */
-int ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
-                         char *buf, size_t len, unsigned namelen,
-                         unsigned controllen, int bgid, uint64_t ud)
+int64_t ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
+                             char *buf, size_t len, unsigned namelen,
+                             unsigned controllen, int bgid, unsigned kind)
 {
     struct io_uring_sqe *sqe;
-    UR_GET_SQE(r, sqe);
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
     memset(&m->hdr, 0, sizeof(m->hdr));
     m->iov.iov_base = buf;
     m->iov.iov_len = len;
@@ -731,24 +829,24 @@ int ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = bgid;
     }
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 /* sendmsg of len bytes at buf to the address name (a struct sockaddr of
  * namelen bytes, copied into m; none if namelen is 0), passing descriptor
  * passfd with SCM_RIGHTS unless it is negative.  link chains the next SQE
  * after this one (IOSQE_IO_LINK) so that datagrams leave in order. */
-int ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
-                       const char *buf, size_t len, const char *name,
-                       unsigned namelen, int passfd, int flags, int link,
-                       uint64_t ud)
+int64_t ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
+                           const char *buf, size_t len, const char *name,
+                           unsigned namelen, int passfd, int flags, int link,
+                           unsigned kind)
 {
     struct io_uring_sqe *sqe;
     struct cmsghdr *cmsg;
+    int64_t ud;
     if (namelen > sizeof(m->name))
         return -EINVAL;
-    UR_GET_SQE(r, sqe);
+    UR_BEGIN(r, kind, sqe, ud);
     memset(&m->hdr, 0, sizeof(m->hdr));
     m->iov.iov_base = (void *)buf;
     m->iov.iov_len = len;
@@ -772,8 +870,7 @@ int ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
     io_uring_prep_sendmsg(sqe, fd, &m->hdr, flags);
     if (link)
         sqe->flags |= IOSQE_IO_LINK;
-    ur_tag(r, sqe, ud);
-    return 0;
+    return ur_tag(r, sqe, ud);
 }
 
 /* What a single-shot recvmsg reported: the lengths of the address and of

@@ -282,9 +282,7 @@ def test_handedOverDataIsNeverOverwritten() -> None:
 
             def dataReceived(self, data: bytes) -> None:
                 received[self.key].append(data)
-                if sum(sum(map(len, c)) for c in received.values()) == (
-                    total * conns
-                ):
+                if sum(sum(map(len, c)) for c in received.values()) == (total * conns):
                     done.callback(None)
 
         port = reactor.listenTCP(0, Factory.forProtocol(Keeper), interface="127.0.0.1")

@@ -6,9 +6,12 @@ not leak, and a released reactor gives its ring back.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
+import select
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -276,6 +279,114 @@ def test_releasedReactorsGiveBackTheirRings() -> None:
     assert rings() <= before
 
 
+def test_droppedReactorCancelsItsOperationsAtOnce() -> None:
+    """
+    A reactor dropped with operations in flight (an accept, receives, a
+    readiness poll) cancels each of them by its tag when it is collected, on
+    every kernel (cancelling everything at once, IORING_ASYNC_CANCEL_ANY,
+    needs 5.19): its release neither waits for its one-second limit nor
+    warns.
+    """
+    from twisted.logger import globalLogPublisher
+
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "did not complete" in event.get("log_format", ""):
+            warnings.append(event["log_format"])
+
+    reactor = IOUringReactor()
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    peers = [
+        socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(5)
+    ]
+    pipe = os.pipe()
+
+    class Reader:
+        def fileno(self) -> int:
+            return pipe[0]
+
+        def doRead(self) -> None:
+            pass
+
+        def logPrefix(self) -> str:
+            return "Reader"
+
+        def connectionLost(self, reason: object) -> None:
+            pass
+
+    reactor.addReader(Reader())
+    # Iterations of the loop, not run(): stopping the reactor would
+    # disconnect everything first.
+    for _ in range(20):
+        reactor.doIteration(0.01)
+    inFlight = reactor.ioCounters()["in_flight"]
+    assert inFlight >= 7, inFlight
+    globalLogPublisher.addObserver(observe)
+    try:
+        del reactor, port
+        started = time.monotonic()
+        gc.collect()
+        released = time.monotonic() - started
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        for p in peers:
+            p.close()
+        os.close(pipe[0])
+        os.close(pipe[1])
+    assert warnings == []
+    assert released < 0.9, f"releasing the ring took {released:.2f}s"
+
+
+def test_socketsStayOpenWhileSubmissionStopsEarly() -> None:
+    """
+    Before 5.18 (no SUBMIT_ALL) the kernel stops submitting at the first
+    SQE it rejects (on 5.10, one naming a descriptor that is not open, with
+    EBADF) and leaves the rest in the queue.  A socket closed through the
+    ring must stay open until the SQEs behind such a one have been
+    submitted too, or a new socket could take its number and the queued
+    receive would read the new socket's data.
+    """
+    from uringreactor.ring import KIND_POLL, KIND_RECV, Ring
+
+    ring = Ring()
+    first, firstPeer = socket.socketpair()
+    polls: list[int] = []
+    completions: list[tuple[int, int]] = []
+    buf = bytearray(64)
+    from uringreactor._liburing import ffi, lib
+
+    cbuf = ffi.from_buffer(buf)
+    # A descriptor number no process has open.
+    ring.track(
+        lib.ur_prep_poll(ring._ptr, 999_999, select.POLLIN, 0, KIND_POLL),
+        lambda res, flags: polls.append(res),
+    )
+    ring.track(
+        lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, KIND_RECV),
+        lambda res, flags: completions.append((res, flags)),
+    )
+    ring.closeAfterSubmit(first)
+    ring.enter(0)
+    ring.dispatch()
+    second, secondPeer = socket.socketpair()
+    try:
+        secondPeer.send(b"meant for the second socket")
+        ring.enter(0.2)
+        ring.dispatch()
+        assert polls == [-errno.EBADF]
+        assert completions == [], "the receive read another socket's data"
+        firstPeer.send(b"for the first")
+        ring.enter(1.0)
+        ring.dispatch()
+        assert completions and completions[0][0] == len(b"for the first")
+        assert bytes(buf[: completions[0][0]]) == b"for the first"
+    finally:
+        for s in (firstPeer, second, secondPeer):
+            s.close()
+        ring.close()
+
+
 def test_bytesReachTheKernelWithoutACopy() -> None:
     """
     The send path passes a bytes object to C as it is; the pointer C sees
@@ -305,8 +416,10 @@ def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
     from uringreactor._liburing import ffi, lib
 
     cbuf = ffi.from_buffer(buf)
-    ud = ring.newOp(KIND_RECV, lambda res, flags: completions.append((res, flags)))
-    assert lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, ud) == 0
+    ring.track(
+        lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, KIND_RECV),
+        lambda res, flags: completions.append((res, flags)),
+    )
     number = first.fileno()
     ring.closeAfterSubmit(first)
     # The number must still be taken: a new socket gets another one.

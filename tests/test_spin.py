@@ -46,9 +46,11 @@ class _Receiver:
         self.local, self.remote = socket.socketpair()
         self.buffer = ffi.new("char[]", 64)
         self.results: list[int] = []
-        ud = ring.newOp(KIND_RECV, self._done)
-        rc = lib.ur_prep_recv(ring._ptr, self.local.fileno(), self.buffer, 64, 0, ud)
-        assert rc == 0
+        ud = lib.ur_prep_recv(
+            ring._ptr, self.local.fileno(), self.buffer, 64, 0, KIND_RECV
+        )
+        assert ud > 0
+        ring.track(ud, self._done)
 
     def _done(self, res: int, flags: int) -> None:
         self.results.append(res)

@@ -96,19 +96,18 @@ class AcceptingPort:
         reactor = self.reactor
         ring = reactor._ring
         multishot = "multishot_accept" in ring.features
-        ud = ring.newOp(KIND_ACCEPT, self._accepted)
-        rc = lib.ur_prep_accept(
-            ring._ptr,
-            self.socket.fileno(),
-            reactor._ffi.NULL,
-            reactor._ffi.NULL,
-            _ACCEPT_FLAGS,
-            1 if multishot else 0,
-            ud,
+        self._acceptOp = ring.track(
+            lib.ur_prep_accept(
+                ring._ptr,
+                self.socket.fileno(),
+                reactor._ffi.NULL,
+                reactor._ffi.NULL,
+                _ACCEPT_FLAGS,
+                1 if multishot else 0,
+                KIND_ACCEPT,
+            ),
+            self._accepted,
         )
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._acceptOp = ud
 
     def _accepted(self, res: int, flags: int) -> None:
         if not flags & F_MORE:

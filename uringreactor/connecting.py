@@ -58,11 +58,12 @@ class PollConnecting:
 
     def _waitWritable(self) -> None:
         ring = self.reactor._ring
-        ud = ring.newOp(KIND_POLL, self._writable)
-        rc = lib.ur_prep_poll(ring._ptr, self.socket.fileno(), select.POLLOUT, 0, ud)
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._connectOp = ud
+        self._connectOp = ring.track(
+            lib.ur_prep_poll(
+                ring._ptr, self.socket.fileno(), select.POLLOUT, 0, KIND_POLL
+            ),
+            self._writable,
+        )
 
     def _writable(self, res: int, flags: int) -> None:
         self._connectOp = 0

@@ -54,6 +54,7 @@ from uringreactor.ring import (
     F_MORE,
     KIND_RECV,
     KIND_SEND,
+    submissionError,
 )
 
 # The most buffers one vectored send takes (Linux's IOV_MAX).
@@ -275,30 +276,30 @@ class CompletionIO(_Host):
             fd = self.socket.fileno()
         except AttributeError:
             return
-        ring = self.reactor._ring
-        ud, rc = self._prepareRecv(ring, fd)
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._recvOp = ud
+        self._recvOp = self._prepareRecv(self.reactor._ring, fd)
 
-    def _prepareRecv(self, ring: Any, fd: int) -> tuple[int, int]:
+    def _prepareRecv(self, ring: Any, fd: int) -> int:
         """
         Prepare the receive operation for C{fd}.
 
-        @return: its C{user_data} and the preparation's result.
+        @return: its C{user_data}.
         """
         bufferRing = self.reactor._bufferRing
         if bufferRing is not None:
             # The transport itself handles its multishot receive (see
             # __call__): an idle connection then costs no bound-method
             # object in the operation table.
-            ud = ring.newOp(KIND_RECV, self)
-            return ud, _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, ud)
+            return ring.track(  # type: ignore[no-any-return]
+                _prepRecvMultishot(ring._ptr, fd, bufferRing.groupId, 0, KIND_RECV),
+                self,
+            )
         buf = self._recvBuffer
         if buf is None:
             buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
-        ud = ring.newOp(KIND_RECV, self._recvDone)
-        return ud, _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, ud)
+        return ring.track(  # type: ignore[no-any-return]
+            _prepRecv(ring._ptr, fd, buf, RECV_BUFFER_SIZE, 0, KIND_RECV),
+            self._recvDone,
+        )
 
     def _recvDone(self, res: int, flags: int) -> None:
         """
@@ -596,20 +597,17 @@ class CompletionIO(_Host):
             length -= sent
         ring = reactor._ring
         fd = self.fileno()  # type: ignore[attr-defined]
-        # Ring.newOp, inlined: this runs once per send.
-        ud = next(ring._ids) | KIND_SEND
-        ring.ops[ud] = self._sendDone
         if len(pieces) == 1:
             piece = pieces[0]
             if type(piece) is bytes:
                 # Passed as it is: the kernel reads the object's own storage,
                 # which stays put while `pieces` holds the object.
                 keep: Any = (pieces,)
-                rc = _prepSend(ring._ptr, fd, piece, length, _MSG_NOSIGNAL, ud)
+                ud = _prepSend(ring._ptr, fd, piece, length, _MSG_NOSIGNAL, KIND_SEND)
             else:
                 buf = _fromBuffer(piece)
                 keep = (pieces, buf)
-                rc = _prepSend(ring._ptr, fd, buf, length, _MSG_NOSIGNAL, ud)
+                ud = _prepSend(ring._ptr, fd, buf, length, _MSG_NOSIGNAL, KIND_SEND)
         else:
             count = len(pieces)
             iov = ffi.new("struct iovec[]", count)
@@ -622,9 +620,11 @@ class CompletionIO(_Host):
                 entry.iov_len = len(piece)
             msg = ffi.new("char[]", _MSGHDR_SIZE)
             keep = (pieces, buffers, iov, msg)
-            rc = _prepSendv(ring._ptr, fd, iov, count, msg, _MSG_NOSIGNAL, ud)
-        if rc < 0:
-            ring.abandon(ud, rc)
+            ud = _prepSendv(ring._ptr, fd, iov, count, msg, _MSG_NOSIGNAL, KIND_SEND)
+        # Ring.track, inlined: this runs once per send.
+        if ud < 0:
+            raise submissionError(ud)
+        ring.ops[ud] = self._sendDone
         self._sendOp = ud
         self._sendKeep = keep
         self._sendLength = length

@@ -211,15 +211,17 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if fd < 0:
             raise _NoDescriptor(f"{selectable!r} has no file descriptor ({fd})")
         ring = self._ring
-        ud = ring.newOp(KIND_POLL, _noop)
+        ud: int = ring.track(
+            lib.ur_prep_poll(
+                ring._ptr, fd, _POLLIN if isRead else _POLLOUT, 0, KIND_POLL
+            ),
+            _noop,
+        )
 
         def ready(res: int, flags: int) -> None:
             self._ready(selectable, isRead, ud, res)
 
         ring.ops[ud] = ready
-        rc = lib.ur_prep_poll(ring._ptr, fd, _POLLIN if isRead else _POLLOUT, 0, ud)
-        if rc < 0:
-            ring.abandon(ud, rc)
         return ud
 
     def _ready(self, selectable: Any, isRead: bool, ud: int, res: int) -> None:

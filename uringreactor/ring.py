@@ -5,7 +5,9 @@ Model
 =====
 
 Every operation submitted to the kernel gets a C{user_data} tag, allocated
-here, and an entry in L{Ring.ops} mapping that tag to a handler, a callable
+by the C call that prepares it (the C side keeps a table of the tags in
+flight, so that a ring released without its loop can cancel each of them),
+and an entry in L{Ring.ops} mapping that tag to a handler, a callable
 C{handler(res, flags)}.  The entry lives exactly as long as the kernel owns
 the operation: it is removed when the last completion for the tag arrives
 (for multishot operations, the first completion without C{IORING_CQE_F_MORE}).
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import itertools
 import os
 import socket
 import struct
@@ -60,8 +61,6 @@ KIND_POLL = lib.UR_KIND_POLL
 KIND_ACCEPT = lib.UR_KIND_ACCEPT
 KIND_RECV = lib.UR_KIND_RECV
 KIND_SEND = lib.UR_KIND_SEND
-KIND_CONNECT = lib.UR_KIND_CONNECT
-KIND_OTHER = lib.UR_KIND_OTHER
 
 F_MORE = lib.IORING_CQE_F_MORE
 F_BUFFER = lib.IORING_CQE_F_BUFFER
@@ -82,10 +81,6 @@ assert _CQE.size == ffi.sizeof("struct ur_cqe")
 # replacement buffer does, and leaves no buffer-sized block split in the
 # heap.  (With 4 KiB messages, thresholds of 1, 8 and 32 KiB measured alike.)
 HANDOVER = 8192
-
-# user_data of the SQEs the ring itself issues (cancellations); their
-# completions are not dispatched.
-_INTERNAL_UD = 0
 
 # io_uring_enter results that only mean "nothing more this time": a timeout,
 # a signal, completions to reap first (EBUSY), a transient shortage.
@@ -113,6 +108,15 @@ class _Cancelled:
             self.ring._cancelling -= 1
         if self.late is not None:
             self.late(res, flags)
+
+
+def submissionError(rc: int) -> OSError:
+    """
+    The error for a preparation that failed with C{rc} (a negative errno):
+    no free SQE after a submission (C{EBUSY}), no memory for the table of
+    operations (C{ENOMEM}), an argument the C side refused (C{EINVAL}).
+    """
+    return OSError(-rc, "io_uring submission: " + os.strerror(-rc))
 
 
 def _checkEnter(rc: int) -> None:
@@ -253,7 +257,6 @@ class Ring:
             self._ptr.spin_max_ns = features.spinMicroseconds * 1000
             self._ptr.spin_ns = self._ptr.spin_max_ns
         self.ops: dict[int, Handler] = {}
-        self._ids = itertools.count(256, 256)
         self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
         self._cqeView = memoryview(ffi.buffer(self._cqes))
         self._pendingCloses: list[socket.socket | int] = []
@@ -385,22 +388,18 @@ class Ring:
 
     # -- operations -----------------------------------------------------
 
-    def newOp(self, kind: int, handler: Handler) -> int:
+    def track(self, ud: int, handler: Handler) -> int:
         """
-        Allocate a C{user_data} tag for an operation of the given kind and
-        record its handler.  The caller then prepares the SQE with that tag.
+        Record the handler of an operation just prepared (C{ud} is what the
+        C{lib.ur_prep_*} call returned: its tag, or a negative errno, which
+        raises).
+
+        @return: C{ud}.
         """
-        ud = next(self._ids) | kind
+        if ud < 0:
+            self._check(ud)
         self.ops[ud] = handler
         return ud
-
-    def abandon(self, ud: int, rc: int) -> None:
-        """
-        The SQE for operation C{ud} could not be prepared (C{rc} < 0): drop
-        its record and raise.
-        """
-        self.ops.pop(ud, None)
-        self._check(rc)
 
     def cancel(self, ud: int, keep: object = None, late: Handler | None = None) -> bool:
         """
@@ -417,7 +416,7 @@ class Ring:
             return False
         ops[ud] = _Cancelled(self, keep, late)
         self._cancelling += 1
-        self._check(lib.ur_prep_cancel(self._ptr, ud, _INTERNAL_UD))
+        self._check(lib.ur_prep_cancel(self._ptr, ud))
         return True
 
     def closeAfterSubmit(
@@ -458,15 +457,25 @@ class Ring:
             pass
 
     def _closePending(self) -> None:
+        """
+        Close the sockets that waited for their SQEs to reach the kernel,
+        if every prepared SQE has.  Without C{SUBMIT_ALL} (before 5.18)
+        submission stops at the first SQE the kernel rejects, and
+        C{io_uring_enter} answers C{EBUSY} having submitted nothing while
+        completions overflowed: SQEs still queued may name these sockets,
+        and once closed their numbers can go to new sockets, which the
+        queued operations would then act on.  They wait for a later
+        submission then.
+        """
         pending = self._pendingCloses
-        if pending:
+        if pending and lib.ur_sq_ready(self._ptr) == 0:
             self._pendingCloses = []
             for skt in pending:
                 self._close(skt)
 
     def _check(self, rc: int) -> None:
         if rc < 0:
-            raise OSError(-rc, "io_uring submission: " + os.strerror(-rc))
+            raise submissionError(rc)
 
     # -- the loop -------------------------------------------------------
 

@@ -160,20 +160,20 @@ class Port(udp.Port):
         if msg is None:
             msg = self._recvMsg = ffi.new("struct ur_msg *")
         fd = self.socket.fileno()
-        ud = ring.newOp(KIND_RECV, self._received)
         self._multishot = (
             bufferRing is not None
             and "multishot_recv" in ring.features
             and self.maxPacketSize <= bufferRing.bufferSize - _PAYLOAD_OFFSET
         )
         if self._multishot:
-            rc = lib.ur_prep_recvmsg_multishot(
-                ring._ptr, fd, msg, _NAME_ROOM, 0, bufferRing.groupId, ud
+            assert bufferRing is not None
+            ud = lib.ur_prep_recvmsg_multishot(
+                ring._ptr, fd, msg, _NAME_ROOM, 0, bufferRing.groupId, KIND_RECV
             )
         else:
             if self._recvBuffer is None:
                 self._recvBuffer = ffi.new("char[]", max(self.maxPacketSize, 1))
-            rc = lib.ur_prep_recvmsg_into(
+            ud = lib.ur_prep_recvmsg_into(
                 ring._ptr,
                 fd,
                 msg,
@@ -182,11 +182,9 @@ class Port(udp.Port):
                 lib.UR_NAME_SIZE,
                 0,
                 -1,
-                ud,
+                KIND_RECV,
             )
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._recvOp = ud
+        self._recvOp = ring.track(ud, self._received)
 
     def _received(self, res: int, flags: int) -> None:
         if not flags & F_MORE:
@@ -331,8 +329,7 @@ class Port(udp.Port):
         for i, out in enumerate(batch):
             msg = out.msg = ffi.new("struct ur_msg *")
             name = out.name
-            ud = ring.newOp(KIND_SEND, out)
-            rc = lib.ur_prep_sendmsg_to(
+            ud = lib.ur_prep_sendmsg_to(
                 ring._ptr,
                 fd,
                 msg,
@@ -343,10 +340,9 @@ class Port(udp.Port):
                 -1,
                 0,
                 i != last,
-                ud,
+                KIND_SEND,
             )
-            if rc < 0:
-                ring.abandon(ud, rc)
+            ring.track(ud, out)
         return False
 
     def _sent(self, out: _Outgoing, res: int) -> None:

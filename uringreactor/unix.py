@@ -62,14 +62,13 @@ class MessageStreamIO(CompletionIO):
 
     # -- reading --------------------------------------------------------
 
-    def _prepareRecv(self, ring: Any, fd: int) -> tuple[int, int]:
+    def _prepareRecv(self, ring: Any, fd: int) -> int:
         bufferRing = self.reactor._bufferRing
         msg = self._msg
         if msg is None:
             msg = self._msg = ffi.new("struct ur_msg *")
-        ud = ring.newOp(KIND_RECV, self._recvmsgDone)
         if bufferRing is not None:
-            return ud, lib.ur_prep_recvmsg_into(
+            ud = lib.ur_prep_recvmsg_into(
                 ring._ptr,
                 fd,
                 msg,
@@ -78,14 +77,24 @@ class MessageStreamIO(CompletionIO):
                 0,
                 CONTROL_SIZE,
                 bufferRing.groupId,
-                ud,
+                KIND_RECV,
             )
-        buf = self._recvBuffer
-        if buf is None:
-            buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
-        return ud, lib.ur_prep_recvmsg_into(
-            ring._ptr, fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, ud
-        )
+        else:
+            buf = self._recvBuffer
+            if buf is None:
+                buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
+            ud = lib.ur_prep_recvmsg_into(
+                ring._ptr,
+                fd,
+                msg,
+                buf,
+                RECV_BUFFER_SIZE,
+                0,
+                CONTROL_SIZE,
+                -1,
+                KIND_RECV,
+            )
+        return ring.track(ud, self._recvmsgDone)
 
     def _recvmsgDone(self, res: int, flags: int) -> None:
         self._recvOp = 0
@@ -208,8 +217,7 @@ class MessageStreamIO(CompletionIO):
         self._leftoverLength = length - 1
         ring = self.reactor._ring
         msg = ffi.new("struct ur_msg *")
-        ud = ring.newOp(KIND_SEND, self._sendFileDescriptorDone)
-        rc = lib.ur_prep_sendmsg_to(
+        ud = lib.ur_prep_sendmsg_to(
             ring._ptr,
             self.socket.fileno(),
             msg,
@@ -220,11 +228,9 @@ class MessageStreamIO(CompletionIO):
             self._sendmsgQueue[0],
             _MSG_NOSIGNAL,
             0,
-            ud,
+            KIND_SEND,
         )
-        if rc < 0:
-            ring.abandon(ud, rc)
-        self._sendOp = ud
+        self._sendOp = ring.track(ud, self._sendFileDescriptorDone)
         self._sendKeep = ([byte], msg)
         self._sendLength = 1
         return False

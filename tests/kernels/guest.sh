@@ -21,11 +21,11 @@ mount -t tmpfs tmpfs /run
 exec </dev/null >/dev/ttyS0 2>&1
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 
-mode=full
+# MODE (full, quick or pytest) and PYTEST_ARGS, written by run.sh.
+. /etc/kernel-matrix.env
 accel=tcg
 for word in $(cat /proc/cmdline); do
     case "$word" in
-        uringreactor.mode=*) mode=${word#*=} ;;
         uringreactor.accel=*) accel=${word#*=} ;;
     esac
 done
@@ -92,13 +92,21 @@ check diagnostic 'grep -E "^(features|reactor):" ' -- \
     python -m uringreactor
 cp "$LOGS/diagnostic.log" "$LOGS/diagnostic.txt"
 
+pytestSummary='grep -E "^=* ?[0-9]+ (passed|failed|skipped|error)" | tail -1 | sed "s/=//g"'
+
+if [ "$MODE" = pytest ]; then
+    # shellcheck disable=SC2086
+    check pytest "$pytestSummary" -- python -m pytest -p no:cacheprovider -rfEs $PYTEST_ARGS
+    exit
+fi
+
 check conformance "$conformanceSummary" -- \
     python tests/twisted_conformance.py --log-dir "$LOGS/conformance"
 check conformance-disable-all "$conformanceSummary" -- \
     python tests/twisted_conformance.py --disable all --log-dir "$LOGS/conformance"
 
-if [ "$mode" = full ]; then
-    check project 'grep -E "^(=+ )?[0-9]+ (passed|failed)|^[0-9]+ (passed|failed)" | tail -1 | sed "s/=//g"' -- \
+if [ "$MODE" = full ]; then
+    check project "$pytestSummary" -- \
         python -m pytest tests -q -p no:cacheprovider -rfEs -o junit_family=xunit2 \
             --junitxml="$LOGS/project.xml"
     check programs 'grep -E "^(ok|FAIL)"' -- \

@@ -6,6 +6,9 @@
 #   tests/kernels/run.sh                  every kernel, every check
 #   tests/kernels/run.sh 5.10 6.1         only these kernels
 #   tests/kernels/run.sh --quick [...]    only the ReactorBuilder comparison
+#   tests/kernels/run.sh --pytest "ARGS" [...]
+#                                         only the diagnostic and pytest ARGS
+#                                         (to chase one failure)
 #
 # Each guest runs, from tests/kernels/guest.sh: the diagnostic
 # (python -m uringreactor), Twisted's ReactorBuilder suites compared with
@@ -50,14 +53,17 @@ KERNEL_TABLE=(
 )
 
 MODE=full
+PYTEST_ARGS=""
 WANTED=()
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) MODE=quick ;;
+        --pytest) MODE=pytest; PYTEST_ARGS=${2:?--pytest needs arguments}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "unknown option $arg" >&2; exit 2 ;;
-        *) WANTED+=("$arg") ;;
+        -*) echo "unknown option $1" >&2; exit 2 ;;
+        *) WANTED+=("$1") ;;
     esac
+    shift
 done
 ALL_LABELS=()
 for row in "${KERNEL_TABLE[@]}"; do ALL_LABELS+=("${row%% *}"); done
@@ -68,7 +74,7 @@ for w in "${WANTED[@]}"; do
         *) echo "unknown kernel $w (known: ${ALL_LABELS[*]})" >&2; exit 2 ;;
     esac
 done
-if [ "$MODE" = quick ]; then
+if [ "$MODE" != full ]; then
     TIMEOUT=${GUEST_TIMEOUT:-1800}
 else
     TIMEOUT=${GUEST_TIMEOUT:-3600}
@@ -265,6 +271,11 @@ buildProject() {
     # Compiled once here rather than at every guest's first import.
     inChroot /opt/venv/bin/python -m compileall -q /src >/dev/null 2>&1 || true
     install -m 755 "$HERE/guest.sh" "$ROOTFS/init"
+    # What the guest is to run.
+    {
+        printf 'MODE=%q\n' "$MODE"
+        printf 'PYTEST_ARGS=%q\n' "$PYTEST_ARGS"
+    } >"$ROOTFS/etc/kernel-matrix.env"
 }
 
 # The initramfs is the whole root file system: the guest needs no disk and
@@ -328,7 +339,7 @@ runGuest() {
         -nographic -no-reboot -monitor none \
         -kernel "$CACHE/kernel-$label/vmlinuz" -initrd "$CACHE/initrd-$label.cpio" \
         -serial "file:$out/console.log" -serial "file:$out/results.txt" \
-        -append "console=ttyS0 panic=-1 quiet uringreactor.mode=$MODE uringreactor.accel=$accel" \
+        -append "console=ttyS0 panic=-1 quiet uringreactor.accel=$accel" \
         </dev/null >"$out/qemu.log" 2>&1 || rc=$?
     echo $(( $(date +%s) - t0 )) >"$out/seconds"
     rm -f "$CACHE/initrd-$label.cpio"
