@@ -50,7 +50,7 @@ trap finish EXIT
 hostname kernel-guest
 ip link set lo up
 # An interface with a link-local IPv6 address, as real machines have.
-insmod /lib/modules/dummy.ko
+insmod /kernel-modules/dummy.ko
 sysctl -qw net.ipv6.conf.default.accept_dad=0
 ip link add eth0 type dummy
 ip link set eth0 up
@@ -95,8 +95,9 @@ cp "$LOGS/diagnostic.log" "$LOGS/diagnostic.txt"
 pytestSummary='grep -E "^=* ?[0-9]+ (passed|failed|skipped|error)" | tail -1 | sed "s/=//g"'
 
 if [ "$MODE" = pytest ]; then
-    # shellcheck disable=SC2086
-    check pytest "$pytestSummary" -- python -m pytest -p no:cacheprovider -rfEs $PYTEST_ARGS
+    eval "pytestArgs=($PYTEST_ARGS)"
+    check pytest "$pytestSummary" -- python -m pytest -p no:cacheprovider -rfEs \
+        "${pytestArgs[@]}"
     exit
 fi
 

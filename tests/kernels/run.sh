@@ -134,7 +134,8 @@ aptUpdate() {
 
 fetchKernel() {
     local label=$1 suite=$2 prefix=$3 dir="$CACHE/kernel-$1"
-    [ -f "$dir/vmlinuz" ] && [ -f "$dir/modules.cpio" ] && return
+    [ -f "$dir/vmlinuz" ] && [ -f "$dir/modules.cpio" ] \
+        && cpio -t --quiet <"$dir/modules.cpio" | grep -q '^kernel-modules/dummy.ko$' && return
     aptUpdate
     # The newest linux-image-amd64 of that suite (or its security
     # updates) with the expected version, and the image it depends on.
@@ -176,7 +177,7 @@ fetchKernel() {
             >/dev/null 2>&1) || { echo "could not download $modules" >&2; exit 1; }
         dpkg-deb -x "$tmp"/linux-modules-*.deb "$tmp/x"
     fi
-    mkdir -p "$dir" "$tmp/m/lib/modules"
+    mkdir -p "$dir" "$tmp/m/kernel-modules"
     find "$tmp/x" -name 'vmlinuz*' -type f -exec cp {} "$dir/vmlinuz" \;
     local ko
     ko=$(find "$tmp/x" -name 'dummy.ko*' | head -1)
@@ -184,8 +185,11 @@ fetchKernel() {
         *.xz) xz -dc "$ko" ;;
         *.zst) zstd -dc "$ko" ;;
         *) cat "$ko" ;;
-    esac >"$tmp/m/lib/modules/dummy.ko"
-    (cd "$tmp/m" && find . | cpio -o -H newc --quiet) >"$dir/modules.cpio"
+    esac >"$tmp/m/kernel-modules/dummy.ko"
+    # Only new paths: an entry for an existing one (/lib is a symlink to
+    # usr/lib) would replace it when the kernel unpacks this after the root
+    # file system.
+    (cd "$tmp/m" && find kernel-modules | cpio -o -H newc --quiet) >"$dir/modules.cpio"
     echo "$image $version" >"$dir/package"
     rm -rf "$tmp"
 }
