@@ -27,6 +27,35 @@ class ReactorTimeout(Exception):
     pass
 
 
+SCALE_ENV = "URINGREACTOR_TEST_SCALE"
+_scaled: list[str] = []
+
+
+def scaled(what: str, count: int, minimum: int = 1) -> int:
+    """
+    A load test's count, multiplied by C{URINGREACTOR_TEST_SCALE} (default
+    1): the kernel matrix runs its guests under CPU emulation, about ten
+    times slower than the host, and scales the load tests down with it.
+    Every scaled count is listed at the end of the test run.
+
+    @param what: what is counted, for that list.
+    """
+    factor = float(os.environ.get(SCALE_ENV, "1") or 1)
+    if factor == 1:
+        return count
+    result = max(minimum, int(count * factor))
+    _scaled.append(f"{what}: {count} -> {result}")
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _scaled:
+        factor = os.environ.get(SCALE_ENV)
+        terminalreporter.section(f"load tests scaled by {SCALE_ENV}={factor}")
+        for line in _scaled:
+            terminalreporter.write_line(line)
+
+
 def run(reactor: Any, work: Any, timeout: float = 60.0) -> Any:
     """
     Run C{reactor} until C{work} (a Deferred, a coroutine, or a callable

@@ -18,7 +18,7 @@ import pytest
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
-from tests.conftest import openFds, run, sleep
+from tests.conftest import openFds, run, scaled, sleep
 from uringreactor.reactor import IOUringReactor
 
 
@@ -165,7 +165,7 @@ def test_thousandsOfConnectCloseCyclesLeakNothing(uring: IOUringReactor) -> None
     3000 connect/exchange/close cycles, with either side closing, leave the
     number of descriptors and in-flight operations where they started.
     """
-    cycles = 3000
+    cycles = scaled("connect/close cycles", 3000, minimum=300)
 
     @inlineCallbacks
     def work() -> Any:

@@ -8,7 +8,8 @@
 #      everything must pass on the io_uring reactor;
 #   2. run a small Twisted program with --reactor=iouring under podman's
 #      default seccomp profile: it must fail with the error that names the
-#      cause (seccomp) and the fix;
+#      cause (seccomp) and the fix; and the image's default command (the
+#      test suite) must stop at once with the diagnostic saying the same;
 #   3. run the same program with the opt-in fallback
 #      (URINGREACTOR_FALLBACK=epoll): it must work on epoll and warn once.
 #
@@ -96,6 +97,20 @@ if ! grep -q "IOUringUnavailable" "$LOG/step2.log" || ! grep -q "seccomp" "$LOG/
     exit 1
 fi
 grep "IOUringUnavailable" "$LOG/step2.log" | tail -1 | fold -s -w 100 | sed 's/^/   /'
+if "${RUN[@]}" "$IMAGE" >"$LOG/step2-suite.log" 2>&1; then
+    cat "$LOG/step2-suite.log"
+    echo "   FAILED: the test suite ran although io_uring should be refused"
+    exit 1
+fi
+if ! grep -q "reactor: unavailable" "$LOG/step2-suite.log" \
+        || ! grep -q "seccomp" "$LOG/step2-suite.log" \
+        || grep -q "SKIPPED" "$LOG/step2-suite.log"; then
+    cat "$LOG/step2-suite.log"
+    echo "   FAILED: the default command did not stop with the diagnostic"
+    exit 1
+fi
+echo "   the image's default command stops at the diagnostic ($(wc -l <"$LOG/step2-suite.log") lines):"
+grep -A1 "reactor: unavailable" "$LOG/step2-suite.log" | tail -1 | fold -s -w 100 | sed 's/^/   /'
 
 echo "== 3. the same program with URINGREACTOR_FALLBACK=epoll"
 if ! "${RUN[@]}" -e URINGREACTOR_FALLBACK=epoll "$IMAGE" "${PROGRAM[@]}" >"$LOG/step3.log" 2>&1; then

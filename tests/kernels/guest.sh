@@ -7,6 +7,7 @@
 #
 # Result lines: "KERNEL <release>", "OK <check> <summary>",
 # "FAIL <check> <summary>", "INFO <text>", and "DONE" at the end.
+set -o pipefail
 export PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 
@@ -76,19 +77,19 @@ check() {
     local t0 rc=0 text
     t0=$(date +%s)
     echo "## running $name: $*"
-    "$@" >"$LOGS/$name.log" 2>&1 || rc=$?
+    # Also to the console, which the host can follow (tail -f).
+    "$@" 2>&1 | tee "$LOGS/$name.log" || rc=$?
     text=$(eval "$summary" <"$LOGS/$name.log" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')
     if [ $rc = 0 ]; then
         report "OK $name ($(( $(date +%s) - t0 ))s) $text"
     else
         report "FAIL $name ($(( $(date +%s) - t0 ))s, exit $rc) $text"
-        tail -30 "$LOGS/$name.log"
     fi
 }
 
 conformanceSummary='grep -E "^  (epoll|iouring) " | sed "s/  */ /g"; grep -E "pass on epoll but not" | sed "s/^ *//"'
 
-check diagnostic 'grep -E "^(features|reactor):" ' -- \
+check diagnostic 'grep -E "^(features in use|reactor):" ' -- \
     python -m uringreactor
 cp "$LOGS/diagnostic.log" "$LOGS/diagnostic.txt"
 
@@ -105,10 +106,12 @@ check conformance "$conformanceSummary" -- \
     python tests/twisted_conformance.py --log-dir "$LOGS/conformance"
 check conformance-disable-all "$conformanceSummary" -- \
     python tests/twisted_conformance.py --disable all --log-dir "$LOGS/conformance"
+# The trial logs stay; their temporary directories (in memory) go.
+rm -rf "$LOGS"/conformance/trial-*/
 
 if [ "$MODE" = full ]; then
     check project "$pytestSummary" -- \
-        python -m pytest tests -q -p no:cacheprovider -rfEs -o junit_family=xunit2 \
+        python -m pytest tests -v -p no:cacheprovider -rfEs -o junit_family=xunit2 \
             --junitxml="$LOGS/project.xml"
     check programs 'grep -E "^(ok|FAIL)"' -- \
         tests/kernels/programs.sh

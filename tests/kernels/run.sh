@@ -30,7 +30,8 @@
 # about 20 times slower, hence the scaled-down load tests.
 #
 # Environment: URINGREACTOR_KERNEL_CACHE, MIRROR (default
-# http://deb.debian.org/debian), GUEST_MEMORY (MiB, default 4096),
+# http://deb.debian.org/debian), GUEST_MEMORY (MiB, default 8192: the root file system
+# lives in it),
 # GUEST_TIMEOUT (seconds per guest; default 3600, 1800 with --quick),
 # ACCEL (kvm or tcg: skip the probe).
 set -euo pipefail
@@ -40,7 +41,7 @@ HERE="$ROOT/tests/kernels"
 CACHE=${URINGREACTOR_KERNEL_CACHE:-$ROOT/build/kernels}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY=${SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
-MEMORY=${GUEST_MEMORY:-4096}
+MEMORY=${GUEST_MEMORY:-8192}
 
 # label, the Debian suite whose linux-image-amd64 provides it, and the
 # version prefix expected there.  "7.3" is the newest Debian ships
@@ -343,7 +344,7 @@ runGuest() {
         -nographic -no-reboot -monitor none \
         -kernel "$CACHE/kernel-$label/vmlinuz" -initrd "$CACHE/initrd-$label.cpio" \
         -serial "file:$out/console.log" -serial "file:$out/results.txt" \
-        -append "console=ttyS0 panic=-1 quiet uringreactor.accel=$accel" \
+        -append "console=ttyS0 panic=-1 loglevel=5 uringreactor.accel=$accel" \
         </dev/null >"$out/qemu.log" 2>&1 || rc=$?
     echo $(( $(date +%s) - t0 )) >"$out/seconds"
     rm -f "$CACHE/initrd-$label.cpio"
