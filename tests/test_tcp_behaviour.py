@@ -590,3 +590,48 @@ def test_serverHostAddress(anyReactor: Any) -> None:
     assert first == second == listening
     assert first is not second
     assert afterLoss is None
+
+
+@pytest.mark.parametrize("multishot", [True, False], ids=["multishot", "single-shot"])
+def test_burstOfConnectionsAcceptedInFewIterations(multishot: bool) -> None:
+    """
+    A burst of connections waiting in the backlog is accepted within a few
+    loop iterations, with multishot accept (one completion each) and without
+    it (before 5.19: after each accept completion the port takes more from
+    the backlog, as epoll's doRead does), not one per iteration.
+    """
+    from uringreactor.features import Features
+    from uringreactor.reactor import IOUringReactor
+
+    environ = {} if multishot else {"URINGREACTOR_DISABLE": "multishot_accept"}
+    features = Features.detect(environ=environ)
+    if multishot and "multishot_accept" not in features:
+        pytest.skip("this kernel has no multishot accept (Linux 5.19 and newer)")
+    reactor = IOUringReactor(features)
+    made: list[Any] = []
+
+    class Counting(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+    try:
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(Counting), backlog=512, interface="127.0.0.1"
+        )
+        clients = [
+            socket.create_connection(("127.0.0.1", port.getHost().port))
+            for _ in range(250)
+        ]
+        iterations = 0
+        while len(made) < len(clients) and iterations < 100:
+            reactor.doIteration(0.5)
+            iterations += 1
+        assert len(made) == len(clients)
+        assert iterations <= 6, iterations
+        for c in clients:
+            c.close()
+        for p in made:
+            p.transport.abortConnection()
+        port.stopListening()
+    finally:
+        reactor._ring.close()

@@ -42,6 +42,13 @@ _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # resources.
 ACCEPT_RETRY_DELAY = 0.05
 
+# Without multishot accept (before 5.19), how many more connections a port
+# takes from its backlog with accept() after each accept completion, as
+# epoll's Port.doRead does after each readiness event (its numberAccepts
+# starts at 100): one accept operation per loop iteration would take a
+# burst of connections one iteration at a time.
+BACKLOG_BATCH = 100
+
 
 class AcceptingPort:
     """
@@ -115,6 +122,8 @@ class AcceptingPort:
         if res >= 0:
             self._exhaustedLogged = False
             self.reactor._logContexts.call(self, self._newConnection, res)
+            if not flags & F_MORE:
+                self.reactor._logContexts.call(self, self._acceptBacklog)
         elif -res in _ACCEPT_RETRY:
             pass
         elif -res in _ACCEPT_EXHAUSTED:
@@ -130,6 +139,23 @@ class AcceptingPort:
             return
         if not self._acceptOp and self._reading:
             self._armAccept()
+
+    def _acceptBacklog(self) -> None:
+        """
+        A single-shot accept completed: take what else waits in the backlog
+        (at most L{BACKLOG_BATCH}) before the next accept operation.  Errors
+        stop the batch; the accept operation armed next meets them again and
+        handles them.
+        """
+        for _ in range(BACKLOG_BATCH):
+            if not self._reading or self._acceptOp:
+                return
+            try:
+                fd, _ = self.socket._accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            os.set_blocking(fd, False)
+            self._newConnection(fd)
 
     def _exhausted(self, err: int) -> None:
         """
