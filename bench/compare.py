@@ -4,6 +4,7 @@ others), in one session, rounds interleaved.
 
     python bench/compare.py [--quick] [--reactors iouring,epoll,...]
                             [--rounds N] [--seconds S] [--save]
+                            [--baseline PATH]
 
 Each measurement starts a fresh server (bench/server.py) pinned to CPU 0 and
 a load generator pinned to CPU 1: for echo scenarios the native
@@ -17,6 +18,11 @@ generator's own CPU use, and ratios to epoll.  The idle scenario holds
 
 Without --save the results go to build/bench/; with it, to bench/results/
 as JSON, a text table and a PNG chart named after the date and kernel.
+
+C{--baseline PATH} also measures the io_uring reactor of another checkout
+(its extensions built in place: C{python setup.py build_ext --inplace}
+there), as C{iouring-baseline}, interleaved with the rest: a change is
+compared with what it changes in one run.
 """
 
 from __future__ import annotations
@@ -123,13 +129,24 @@ def _pin(cpu: int) -> Any:
     return preexec
 
 
+# The checkout whose io_uring reactor runs as BASELINE (--baseline).
+BASELINE = "iouring-baseline"
+_baselinePath: str | None = None
+
+
 def _startServer(reactor: str, app: str) -> tuple[subprocess.Popen[str], int]:
+    env = None
     if reactor == NATIVE:
         command = [str(BUILD / "echo_server")]
+    elif reactor == BASELINE:
+        assert _baselinePath is not None
+        env = dict(os.environ, PYTHONPATH=_baselinePath)
+        command = [sys.executable, str(HERE / "server.py"), "iouring", "--app", app]
     else:
         command = [sys.executable, str(HERE / "server.py"), reactor, "--app", app]
     server = subprocess.Popen(
         command,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -424,9 +441,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--save", action="store_true", help="write to bench/results/")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="another checkout whose io_uring reactor to measure too",
+    )
     args = parser.parse_args()
     default = "iouring,epoll" if args.quick else FULL_REACTORS
     reactors = [r.strip() for r in (args.reactors or default).split(",") if r.strip()]
+    if args.baseline:
+        global _baselinePath
+        _baselinePath = str(Path(args.baseline).resolve())
+        if BASELINE not in reactors:
+            reactors.insert(
+                reactors.index("iouring") + 1 if "iouring" in reactors else 0, BASELINE
+            )
     missing = [r for r in reactors if not available(r)]
     if missing:
         print(f"skipping {', '.join(missing)}: not installed")

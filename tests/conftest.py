@@ -104,6 +104,17 @@ def run(reactor: Any, work: Any, timeout: float = 60.0) -> Any:
     return result
 
 
+def requireFeature(features: Any, name: str) -> None:
+    """
+    Skip the test unless the io_uring feature C{name} is in use in
+    C{features} (a reactor's or ring's L{uringreactor.features.Features}),
+    saying why it is not: what the kernel answered to its probe and the
+    first kernel that has it, or that the environment disabled it.
+    """
+    if name not in features:
+        pytest.skip(f"needs {name}, not in use here: {features.why[name]}")
+
+
 def openFds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 

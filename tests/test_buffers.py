@@ -22,7 +22,7 @@ import pytest
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.conftest import run, sleep
+from tests.conftest import requireFeature, run, sleep
 from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi
 from uringreactor.reactor import IOUringReactor
@@ -264,8 +264,7 @@ def test_handedOverDataIsNeverOverwritten() -> None:
     into again.
     """
     reactor = IOUringReactor(bufferCount=16, buffersAtStart=4)
-    if reactor._bufferRing is None:
-        pytest.skip("this kernel has no provided buffer rings")
+    requireFeature(reactor._ring.features, "buf_ring")
     conns = 6
     chunks = [65536, 100, 65536, 9000, 1, 65536, 30000]
     total = sum(chunks) * 8

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import requireFeature
 from uringreactor._liburing import ffi, lib
 from uringreactor.features import (
     DEFAULT_SPIN_US,
     Features,
-    kernelVersion,
     spinMicroseconds,
 )
 from uringreactor.ring import KIND_RECV, Ring
@@ -95,8 +95,8 @@ def test_spinSeesWorkArriving(mode: str) -> None:
     deferred to the loop, flagged cooperatively, or signalled.
     """
     ring = _ring(1_000_000, _MODES[mode])
-    if mode != "signalled" and mode not in ring.features:
-        pytest.skip(f"kernel {kernelVersion()} lacks {mode}")
+    if mode != "signalled":
+        requireFeature(ring.features, mode)
     assert "spin_wait" in ring.features
     receiver = _Receiver(ring)
     try:

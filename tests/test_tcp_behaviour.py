@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
-from tests.conftest import run, sleep
+from tests.conftest import requireFeature, run, sleep
 
 
 class Collect(Protocol):
@@ -605,8 +605,8 @@ def test_burstOfConnectionsAcceptedInFewIterations(multishot: bool) -> None:
 
     environ = {} if multishot else {"URINGREACTOR_DISABLE": "multishot_accept"}
     features = Features.detect(environ=environ)
-    if multishot and "multishot_accept" not in features:
-        pytest.skip("this kernel has no multishot accept (Linux 5.19 and newer)")
+    if multishot:
+        requireFeature(features, "multishot_accept")
     reactor = IOUringReactor(features)
     made: list[Any] = []
 

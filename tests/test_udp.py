@@ -255,3 +255,37 @@ def test_addressIsFreeWhenStopListeningFires(anyReactor: Any, kind: str) -> None
         return rebound
 
     assert run(anyReactor, work, timeout=20) == 2
+
+
+def test_datagramsWrittenBeforeStopListeningAllLeave(anyReactor: Any) -> None:
+    """
+    Datagrams written just before C{stopListening}, more than one chain of
+    sendmsg operations holds, all arrive, in order, and the port's address
+    is free once its Deferred fires.
+    """
+    count = 300
+
+    @inlineCallbacks
+    def work() -> Any:
+        receiver = Record()
+        rport = anyReactor.listenUDP(0, receiver, interface="127.0.0.1")
+        # A receive buffer large enough for all of them: UDP drops what
+        # does not fit, on any reactor.
+        rport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        sender = anyReactor.listenUDP(0, Record(), interface="127.0.0.1")
+        address = sender.getHost()
+        target = ("127.0.0.1", rport.getHost().port)
+        for i in range(count):
+            sender.write(b"%d" % i, target)
+        yield sender.stopListening()
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind(("127.0.0.1", address.port))
+        finally:
+            probe.close()
+        yield receiver.expect(count)
+        yield rport.stopListening()
+        return receiver.received
+
+    received = run(anyReactor, work, timeout=30)
+    assert [data for data, _ in received] == [b"%d" % i for i in range(count)]

@@ -20,14 +20,20 @@ TTL, loopback, interface) are Twisted's.  What changes:
     L{error.MessageLengthError}, C{TypeError}); the datagram is then queued
     and goes out, with every other datagram queued in the same iteration, as
     a chain of linked sendmsg operations, so datagrams leave in the order
-    they were written.  A full socket buffer delays a datagram instead of
+    they were written.  A port has one chain in flight at a time: two
+    chains are not ordered with each other (with DEFER_TASKRUN the kernel
+    advances a chain one link per io_uring_enter, and the chains of two
+    iterations interleave), so what is written meanwhile waits for the
+    chain to complete.  A full socket buffer delays a datagram instead of
     dropping it.  Errors only the kernel can report (an ICMP refusal,
     an unreachable network) are reported when the send completes: a refusal
     on a connected port calls C{connectionRefused}, as on epoll; any other
     error is logged.
 
-  - Stopping: datagrams already written are still sent; receives are
-    cancelled and their late completions absorbed by the ring.
+  - Stopping: datagrams already written are still sent (those that must
+    wait for a chain in flight are sent after it, and the port closes, and
+    C{stopListening}'s Deferred fires, then); receives are cancelled and
+    their late completions absorbed by the ring.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ _READ_AGAIN = {
     errno.EPROTO,
 }
 
+# connectionLost's reason while a port waits to close, when it had none.
+_NO_REASON = object()
+
 _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
 _ECONNREFUSED = -errno.ECONNREFUSED
@@ -115,6 +124,10 @@ class Port(udp.Port):
     _multishot = False
     # Datagrams of a failed chain that were never tried, to send again.
     _retry: list[_Outgoing] | None = None
+    # Operations of the chain in flight that have not completed.
+    _sending = 0
+    # Set (to the reason) when the port is to close once its chain is in.
+    _closeWhenSent: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -313,7 +326,8 @@ class Port(udp.Port):
         """
         self._flushQueued = False
         queue = self._queue
-        if not queue or not hasattr(self, "socket"):
+        if not queue or not hasattr(self, "socket") or self._sending:
+            # (A chain in flight: _chainSent flushes again when it is in.)
             return False
         if len(queue) > _CHAIN_LIMIT:
             batch = queue[:_CHAIN_LIMIT]
@@ -343,15 +357,25 @@ class Port(udp.Port):
                 KIND_SEND,
             )
             ring.track(ud, out)
+            self._sending += 1
         return False
 
     def _sent(self, out: _Outgoing, res: int) -> None:
-        if res >= 0 or not self.connected:
-            return
+        self._sending -= 1
+        if res < 0 and self.connected:
+            self._sendFailed(out, res)
+        if not self._sending:
+            self._chainSent()
+
+    def _sendFailed(self, out: _Outgoing, res: int) -> None:
         if res == _ECANCELED:
             # An earlier datagram of the same chain failed, so this one was
-            # never tried: send it with the next batch, keeping the order.
-            self._requeue(out)
+            # never tried: it goes first in the next chain, keeping the
+            # order.
+            out.msg = None
+            if self._retry is None:
+                self._retry = []
+            self._retry.append(out)
         elif res == _ECONNREFUSED:
             if self._connectedAddr:
                 self.reactor._logContexts.call(self, self.protocol.connectionRefused)
@@ -366,23 +390,22 @@ class Port(udp.Port):
             self, log.err, failure.Failure(OSError(-res, os.strerror(-res))), why
         )
 
-    def _requeue(self, out: _Outgoing) -> None:
-        out.msg = None
-        if self._retry is None:
-            self._retry = []
-        retry = self._retry
-        retry.append(out)
-        if len(retry) == 1:
-            # Once the chain's other completions are in, put the retried
-            # datagrams back at the head of the queue.
-            self.reactor.callLater(0, self._restoreRetries)
-
-    def _restoreRetries(self) -> None:
+    def _chainSent(self) -> None:
+        """
+        Every operation of the chain in flight has completed: send what
+        waited for it (what the chain did not get to first), or finish
+        closing.
+        """
         retry, self._retry = self._retry, None
-        if not retry or not self.connected:
-            return
-        self._queue[:0] = retry
-        if not self._flushQueued:
+        if retry and self.connected:
+            self._queue[:0] = retry
+        if self._closeWhenSent is not None:
+            if self._queue:
+                self._flush()
+            else:
+                reason, self._closeWhenSent = self._closeWhenSent, None
+                self.connectionLost(reason)
+        elif self._queue and not self._flushQueued:
             self._flushQueued = True
             self.reactor._flushQueue.append(self)
 
@@ -393,11 +416,20 @@ class Port(udp.Port):
         Stop receiving, send what was written, close the socket once the
         kernel has every operation that names it.
         """
+        self.stopReading()
+        self._flush()
+        if self._queue:
+            # Datagrams written before the port stopped are still to go,
+            # after the chain in flight: close once they have.
+            self._closeWhenSent = reason if reason is not None else _NO_REASON
+            return
+        # The last chain, if any, is the kernel's to finish: it holds the
+        # socket until then.
+        if reason is _NO_REASON:
+            reason = None
         log.msg(f"(UDP Port {self._realPortNumber} Closed)")
         self._realPortNumber = None
         self.maxThroughput = -1
-        self.stopReading()
-        self._flush()
         self._queue = []
         if self._registered:
             self._registered = False
