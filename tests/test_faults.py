@@ -6,6 +6,7 @@ defines the expected behaviour, the same test runs on both reactors.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import resource
@@ -659,3 +660,137 @@ def test_randomTeardownRaces() -> None:
     # Everything is closed and nothing is in flight but the waker.
     assert reactor.ioCounters()["in_flight"] == 1
     assert openSockets() <= socketsBefore
+
+
+class _FailingSend:
+    """
+    A socket whose C{send} fails once with C{err}, then behaves: what the
+    kernel does when it is short of buffers for a moment (C{ENOBUFS}).
+    """
+
+    def __init__(self, skt: socket.socket, err: int) -> None:
+        self._skt = skt
+        self._err = err
+        self.failed = 0
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if not self.failed:
+            self.failed += 1
+            raise OSError(self._err, os.strerror(self._err))
+        return self._skt.send(data, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._skt, name)
+
+
+def test_sendENOBUFSIsRetried(anyReactor: Any) -> None:
+    """
+    A send that fails with ENOBUFS sent nothing and is tried again, as
+    epoll's writeSomeData does; the connection is not lost.  Both ways the
+    io_uring reactor sends: a send() of its own (one transport writing in
+    an iteration) and a send operation whose completion reports it.
+    """
+    from tests.test_tcp_behaviour import connectPair
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        failing = _FailingSend(server.transport.socket, errno.ENOBUFS)
+        server.transport.socket = failing
+        server.transport.write(b"first")
+        while sum(map(len, client.chunks)) < 5:
+            yield sleep(anyReactor, 0.001)
+        if isinstance(anyReactor, IOUringReactor):
+            # The completion of a send operation reporting ENOBUFS.
+            server.transport._sent(-errno.ENOBUFS, 6, [b"second"])
+        else:
+            server.transport.write(b"second")
+        while sum(map(len, client.chunks)) < 11:
+            yield sleep(anyReactor, 0.001)
+        connected = server.transport.connected
+        server.transport.socket = failing._skt
+        client.transport.loseConnection()
+        yield server.done
+        yield port.stopListening()
+        return b"".join(client.chunks), connected, failing.failed
+
+    received, connected, failed = run(anyReactor, work, timeout=20)
+    assert received == b"firstsecond"
+    assert connected
+    assert failed == 1 or not isinstance(anyReactor, IOUringReactor)
+
+
+def test_unexpectedAcceptErrorDoesNotStopThePort(uring: IOUringReactor) -> None:
+    """
+    An accept that fails with an error outside the expected ones is logged
+    once, and the port accepts again once it can, as epoll's Port.doRead
+    logs such an error and keeps reading.  (EINVAL, from a listening socket
+    shut down under the port, is the one such error a test can cause for
+    real; epoll's reactor loses that port to the hangup it also reports,
+    so this is not compared with epoll.)
+    """
+    accepted: list[Protocol] = []
+
+    class Keep(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    @inlineCallbacks
+    def work() -> Any:
+        port = uring.listenTCP(0, Factory.forProtocol(Keep), interface="127.0.0.1")
+        yield sleep(uring, 0.01)
+        port.socket.shutdown(socket.SHUT_RDWR)
+        yield sleep(uring, 0.3)
+        # Listening again: the port must accept without being told.
+        port.socket.listen(50)
+        made = yield _echoCheckOn(uring, port)
+        for _ in range(200):
+            if accepted:
+                break
+            yield sleep(uring, 0.01)
+        yield port.stopListening()
+        return made
+
+    with _InfoLog() as logged:
+        made = run(uring, work, timeout=30)
+    assert made
+    assert accepted
+    assert sum("Could not accept new connection" in m for m in logged.messages) == 1
+    assert any("Invalid argument" in m for m in logged.messages)
+
+
+def test_failingFlushLosesOnlyItsTransport(uring: IOUringReactor) -> None:
+    """
+    When flushing one transport's output raises, that transport is lost
+    (and the error logged), as epoll loses the transport whose doWrite
+    raises; the others with output in the same iteration still send.
+    """
+    from tests.test_tcp_behaviour import connectPair
+
+    @inlineCallbacks
+    def work() -> Any:
+        pairs = []
+        for _ in range(3):
+            pairs.append((yield connectPair(uring)))
+
+        def broken() -> bool:
+            raise RuntimeError("flush failed")
+
+        pairs[1][2].transport._flush = broken
+        for i, (_, _, server) in enumerate(pairs):
+            server.transport.write(b"to %d" % i)
+        others = [pairs[0][1], pairs[2][1]]
+        while any(sum(map(len, c.chunks)) < 4 for c in others):
+            yield sleep(uring, 0.001)
+        yield pairs[1][2].done
+        reason = pairs[1][2].reason
+        for port, client, _ in pairs:
+            client.transport.loseConnection()
+            yield port.stopListening()
+        return [b"".join(c.chunks) for c in others], reason
+
+    with _InfoLog() as logged:
+        received, reason = run(uring, work, timeout=20)
+    assert received == [b"to 0", b"to 2"]
+    assert reason.check(RuntimeError)
+    assert any("flush failed" in m for m in logged.messages)

@@ -14,29 +14,10 @@ from twisted.logger import Logger
 from twisted.python import failure, log
 
 from uringreactor._liburing import lib
+from uringreactor.outcomes import ACCEPT_AGAIN, ACCEPT_EXHAUSTED
 from uringreactor.ring import F_MORE, KIND_ACCEPT
 
 _ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-
-# accept() errors after which the port accepts again at once.
-_ACCEPT_RETRY = {
-    errno.EAGAIN,
-    errno.EPERM,
-    errno.ECONNABORTED,
-    errno.EINTR,
-    errno.EPROTO,
-    errno.ENETDOWN,
-    errno.ENOPROTOOPT,
-    errno.EHOSTDOWN,
-    errno.ENONET,
-    errno.EHOSTUNREACH,
-    errno.EOPNOTSUPP,
-    errno.ENETUNREACH,
-}
-
-# accept() errors that mean resources ran out: the port logs, waits a little
-# and accepts again.
-_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 # How long a port waits before accepting again after running out of
 # resources.
@@ -124,18 +105,13 @@ class AcceptingPort:
             self.reactor._logContexts.call(self, self._newConnection, res)
             if not flags & F_MORE:
                 self.reactor._logContexts.call(self, self._acceptBacklog)
-        elif -res in _ACCEPT_RETRY:
+        elif -res in ACCEPT_AGAIN:
             pass
-        elif -res in _ACCEPT_EXHAUSTED:
-            self.reactor._logContexts.call(self, self._exhausted, -res)
-            return
         else:
-            self.reactor._logContexts.call(
-                self,
-                log.err,
-                OSError(-res, os.strerror(-res)),
-                "Could not accept new connection",
-            )
+            # Out of resources, or unexpected: logged once, and the port
+            # accepts again a little later, as epoll's does at its next
+            # readiness (at once, an error that repeats would spin).
+            self.reactor._logContexts.call(self, self._acceptFailed, -res)
             return
         if not self._acceptOp and self._reading:
             self._armAccept()
@@ -157,19 +133,26 @@ class AcceptingPort:
             os.set_blocking(fd, False)
             self._newConnection(fd)
 
-    def _exhausted(self, err: int) -> None:
+    def _acceptFailed(self, err: int) -> None:
         """
-        accept() ran out of descriptors or memory.  Close what is waiting in
-        the backlog when a reserved descriptor lets us (as the epoll reactor
-        does), so those clients are not left hanging, then try again a
-        little later.  Logged once per episode, not at every retry.
+        accept() failed with C{err}: it ran out of descriptors or memory, or
+        something unexpected happened.  When out of descriptors, close what
+        is waiting in the backlog if a reserved descriptor lets us (as the
+        epoll reactor does), so those clients are not left hanging.  Then
+        try again a little later.  Logged once per episode (until the port
+        accepts again), not at every retry.
         """
         if not self._exhaustedLogged:
             self._exhaustedLogged = True
-            self._logger.info(
-                "Could not accept new connection ({acceptError})",
-                acceptError=errno.errorcode[err],
-            )
+            if err in ACCEPT_EXHAUSTED:
+                self._logger.info(
+                    "Could not accept new connection ({acceptError})",
+                    acceptError=errno.errorcode[err],
+                )
+            else:
+                log.err(
+                    OSError(err, os.strerror(err)), "Could not accept new connection"
+                )
         if err == errno.EMFILE and tcp._reservedFD.available():
             with tcp._reservedFD:
                 for client, address in tcp._accept(

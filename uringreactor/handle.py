@@ -48,6 +48,7 @@ from twisted.python import log
 
 from uringreactor._liburing import ffi, lib
 from uringreactor.logcontext import ContextEntry
+from uringreactor.outcomes import receiveEnd, sendFailure
 from uringreactor.ring import (
     BUFFER_SHIFT,
     F_BUFFER,
@@ -73,8 +74,8 @@ RECV_BUFFER_SIZE = 65536
 
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _MSGHDR_SIZE = lib.ur_msghdr_size()
-_EAGAIN = -errno.EAGAIN
 _ENOBUFS = -errno.ENOBUFS
+_ECANCELED = -errno.ECANCELED
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -84,14 +85,6 @@ _prepRecv = lib.ur_prep_recv
 _prepRecvMultishot = lib.ur_prep_recv_multishot
 _prepSend = lib.ur_prep_send
 _prepSendv = lib.ur_prep_sendv
-
-
-def _readEnd(res: int) -> Exception:
-    """
-    Why reading ended: end of file is epoll's C{CONNECTION_DONE}, any read
-    error its C{CONNECTION_LOST}.
-    """
-    return main.CONNECTION_DONE if res == 0 else main.CONNECTION_LOST
 
 
 def _coalesce(pieces: list[Any], length: int) -> list[Any]:
@@ -308,11 +301,12 @@ class CompletionIO(_Host):
         self._recvOp = 0
         if res > 0:
             self._received(_unpack(self._recvBuffer, res))
-        elif res == _EAGAIN:
-            if self._reading:
-                self._armRecv()
-        else:
-            self._readEnded(res)
+            return
+        why = receiveEnd(res)
+        if why is not None:
+            self._readEnded(why)
+        elif self._reading:
+            self._armRecv()
 
     def _received(self, data: Any) -> None:
         """
@@ -370,10 +364,12 @@ class CompletionIO(_Host):
             self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
         elif res == _ENOBUFS:
             self.reactor._bufferRing.shortage()
-        if res <= 0 and res != _ENOBUFS and res != _EAGAIN:
-            # End of file or an error: the multishot receive has ended.
-            self._readEnded(res)
-            return
+        if res <= 0:
+            why = receiveEnd(res)
+            if why is not None:
+                # End of file or an error: the multishot receive has ended.
+                self._readEnded(why)
+                return
         if (
             not self._recvOp
             and self._reading
@@ -409,8 +405,10 @@ class CompletionIO(_Host):
             self.reactor._bufferRing.shortage()
         if flags & F_MORE:
             return
-        if res <= 0 and res not in (-errno.ECANCELED, _ENOBUFS, _EAGAIN):
-            self._holdEnd(res)
+        if res <= 0 and res != _ECANCELED:
+            why = receiveEnd(res)
+            if why is not None and self._heldEnd is None:
+                self._heldEnd = why
         self._recvDraining = False
         if self._reading and not self.disconnected and self._deliverCall is None:
             self._deliverCall = self.reactor.callLater(0, self._deliverHeld)
@@ -420,10 +418,6 @@ class CompletionIO(_Host):
             self._held = [data]
         else:
             self._held.append(data)
-
-    def _holdEnd(self, res: int) -> None:
-        if self._heldEnd is None:
-            self._heldEnd = _readEnd(res)
 
     def _deliverHeld(self) -> None:
         self._deliverCall = None
@@ -442,8 +436,7 @@ class CompletionIO(_Host):
         elif not self._recvOp:
             self._armRecv()
 
-    def _readEnded(self, res: int) -> None:
-        why = _readEnd(res)
+    def _readEnded(self, why: Exception) -> None:
         if self._reading:
             self._readEndedWith(why)
         elif self._heldEnd is None:
@@ -580,17 +573,14 @@ class CompletionIO(_Host):
             # once more before the next request.
             try:
                 sent = self.socket.send(pieces[0], _MSG_NOSIGNAL)
-            except BlockingIOError:
+            except OSError as e:
+                why = sendFailure(e.errno or 0)
+                if why is not None:
+                    reactor._logContexts.call(
+                        self, reactor._disconnectSelectable, self, why, False
+                    )
+                    return True
                 sent = 0
-            except OSError:
-                reactor._logContexts.call(
-                    self,
-                    reactor._disconnectSelectable,
-                    self,
-                    main.CONNECTION_LOST,
-                    False,
-                )
-                return True
             if sent == length:
                 return self._sent(length, length, pieces)
             pieces = self._remainder(pieces, sent)
@@ -668,15 +658,12 @@ class CompletionIO(_Host):
                 return True
             return False
         if res < 0:
-            if res == _EAGAIN:
+            why = sendFailure(-res)
+            if why is None:
                 self._requeue(pieces, length)
                 return False
             self.reactor._logContexts.call(
-                self,
-                self.reactor._disconnectSelectable,
-                self,
-                main.CONNECTION_LOST,
-                False,
+                self, self.reactor._disconnectSelectable, self, why, False
             )
             return True
         self._requeue(self._remainder(pieces, res), length - res)

@@ -34,7 +34,7 @@ from typing import Any
 from twisted.internet import error, posixbase
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
-from twisted.python import log
+from twisted.python import failure, log
 from zope.interface import implementer
 
 from uringreactor import tcp, udp, unix
@@ -276,8 +276,14 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             # io_uring_enter below; a lone one goes directly.
             self._sendDirectly = len(queue) == 1
             for handle in queue:
-                if handle._flush():
+                try:
+                    if handle._flush():
+                        ranApplicationCode = True
+                except BaseException:
+                    # That transport alone is lost, as epoll's doWrite
+                    # failing loses its own; the others still flush.
                     ranApplicationCode = True
+                    self._flushFailed(handle, failure.Failure())
             self._sendDirectly = False
             if ranApplicationCode or self._flushQueue:
                 # A flush with nothing left to send finished a
@@ -287,6 +293,19 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 timeout = 0
         self._ring.enter(timeout)
         self._ring.dispatch()
+
+    def _flushFailed(self, handle: Any, why: failure.Failure) -> None:
+        """
+        Flushing C{handle} raised C{why}: log it and disconnect C{handle},
+        as C{_doReadOrWrite} does for a C{doWrite} that raises.
+        """
+        handle._flushQueued = False
+
+        def lose() -> None:
+            log.err(why, "Error flushing a transport's output")
+            self._disconnectSelectable(handle, why.value, False)
+
+        self._logContexts.call(handle, lose)
 
     def mainLoop(self) -> None:
         try:

@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from uringreactor._liburing import ffi, lib
 from uringreactor.messages import RECVMSG_OUT, decodeAddress, encodeAddress
+from uringreactor.outcomes import DATAGRAM_RECEIVE_AGAIN
 from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, KIND_RECV, KIND_SEND
 
 # Largest UDP payloads: 65535 less the IPv4 and UDP headers, and less the
@@ -64,21 +65,6 @@ _PAYLOAD_OFFSET = RECVMSG_OUT.size + _NAME_ROOM
 # Most datagrams one port chains per loop iteration; the rest go in the
 # next one.
 _CHAIN_LIMIT = 128
-
-# Receive errors after which the port simply receives again (epoll's
-# doRead stops reading until the next readiness event on these).
-_READ_AGAIN = {
-    errno.EAGAIN,
-    errno.EINTR,
-    errno.ENOBUFS,
-    errno.ECONNREFUSED,
-    errno.ENETUNREACH,
-    errno.EHOSTUNREACH,
-    errno.EHOSTDOWN,
-    errno.ENETDOWN,
-    errno.ECONNRESET,
-    errno.EPROTO,
-}
 
 # connectionLost's reason while a port waits to close, when it had none.
 _NO_REASON = object()
@@ -233,7 +219,7 @@ class Port(udp.Port):
                     self.reactor._logContexts.call(
                         self, self.protocol.connectionRefused
                     )
-            elif -res not in _READ_AGAIN:
+            elif -res not in DATAGRAM_RECEIVE_AGAIN:
                 self._logError(res, "Could not receive datagram")
         if not self._recvOp and self._reading and self.connected:
             self._armRecv()

@@ -37,9 +37,9 @@ from uringreactor.messages import (
     closeDescriptors,
     receivedControl,
 )
+from uringreactor.outcomes import receiveEnd
 from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, KIND_RECV, KIND_SEND
 
-_EAGAIN = -errno.EAGAIN
 _ENOBUFS = -errno.ENOBUFS
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 
@@ -103,12 +103,12 @@ class MessageStreamIO(CompletionIO):
                 self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
             if res == _ENOBUFS:
                 self.reactor._bufferRing.shortage()
-            if res == _EAGAIN or res == _ENOBUFS:
+            why = receiveEnd(res)
+            if why is not None:
+                self._readEnded(why)
+            elif self._reading:
                 # No data after all, or no free buffer this time round.
-                if self._reading:
-                    self._armRecv()
-            else:
-                self._readEnded(res)
+                self._armRecv()
             return
         if flags & F_BUFFER:
             data = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)

@@ -59,8 +59,10 @@ ip link set eth0 up
 ulimit -n 65536
 ulimit -u unlimited
 # Emulated CPUs are about twenty times slower: scale the load tests down.
-if [ "$accel" = tcg ]; then
-    export URINGREACTOR_TEST_SCALE=${URINGREACTOR_TEST_SCALE:-0.1}
+if [ -n "${TEST_SCALE:-}" ]; then
+    export URINGREACTOR_TEST_SCALE=$TEST_SCALE
+elif [ "$accel" = tcg ]; then
+    export URINGREACTOR_TEST_SCALE=0.1
 fi
 
 report "KERNEL $(uname -r)"

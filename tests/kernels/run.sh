@@ -30,7 +30,8 @@
 # about 20 times slower, hence the scaled-down load tests.
 #
 # Environment: URINGREACTOR_KERNEL_CACHE, MIRROR (default
-# http://deb.debian.org/debian), GUEST_MEMORY (MiB, default 8192: the root file system
+# http://deb.debian.org/debian), GUEST_TEST_SCALE (the load tests' scale
+# in the guests; default 0.1 under emulation, 1 with KVM), GUEST_MEMORY (MiB, default 8192: the root file system
 # lives in it),
 # GUEST_TIMEOUT (seconds per guest; default 3600, 1800 with --quick),
 # ACCEL (kvm or tcg: skip the probe).
@@ -280,6 +281,7 @@ buildProject() {
     {
         printf 'MODE=%q\n' "$MODE"
         printf 'PYTEST_ARGS=%q\n' "$PYTEST_ARGS"
+        printf 'TEST_SCALE=%q\n' "${GUEST_TEST_SCALE:-}"
     } >"$ROOTFS/etc/kernel-matrix.env"
 }
 
