@@ -17,7 +17,7 @@ setup(
         Extension(
             "uringreactor._buffers",
             sources=["uringreactor/_buffers.c"],
-            extra_compile_args=["-O2", "-Wall"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
         )
     ],
 )

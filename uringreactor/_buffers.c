@@ -271,13 +271,13 @@ PyDoc_STRVAR(release_doc,
 "Free every buffer.  Only once the kernel can no longer write into them:\n"
 "after their ring has been unregistered or the io_uring closed.");
 
-static PyObject *Buffers_release(Buffers *self, PyObject *unused)
+static PyObject *Buffers_release(Buffers *self, PyObject *Py_UNUSED(unused))
 {
     release(self);
     Py_RETURN_NONE;
 }
 
-static PyObject *Buffers_circulating(Buffers *self, void *closure)
+static PyObject *Buffers_circulating(Buffers *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromUnsignedLong(self->circulating);
 }

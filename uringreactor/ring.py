@@ -56,7 +56,6 @@ _log = Logger()
 
 Handler = Callable[[int, int], object]
 
-KIND_INTERNAL = lib.UR_KIND_INTERNAL
 KIND_POLL = lib.UR_KIND_POLL
 KIND_ACCEPT = lib.UR_KIND_ACCEPT
 KIND_RECV = lib.UR_KIND_RECV
