@@ -144,7 +144,7 @@ def test_abortWithSendInFlight(uring: IOUringReactor) -> None:
         baseline = _baseline(uring)
         server.transport.write(os.urandom(1 << 20) * 32)
         yield sleep(uring, 0.1)
-        sendsInFlight = server.transport._sendOp != 0
+        sendsInFlight = server.transport._sender.op is not None
         server.transport.abortConnection()
         reason = yield server.lost
         yield sleep(uring, 0.05)
@@ -347,24 +347,20 @@ def test_socketsStayOpenWhileSubmissionStopsEarly() -> None:
     submitted too, or a new socket could take its number and the queued
     receive would read the new socket's data.
     """
-    from uringreactor.ring import KIND_POLL, KIND_RECV, Ring
+    from uringreactor.ring import Ring
 
     ring = Ring()
     first, firstPeer = socket.socketpair()
     polls: list[int] = []
     completions: list[tuple[int, int]] = []
     buf = bytearray(64)
-    from uringreactor._liburing import ffi, lib
+    from uringreactor._liburing import ffi
 
     cbuf = ffi.from_buffer(buf)
     # A descriptor number no process has open.
-    ring.track(
-        lib.ur_prep_poll(ring._ptr, 999_999, select.POLLIN, 0, KIND_POLL),
-        lambda res, flags: polls.append(res),
-    )
-    ring.track(
-        lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, KIND_RECV),
-        lambda res, flags: completions.append((res, flags)),
+    ring.poll(999_999, select.POLLIN, lambda res, flags: polls.append(res))
+    ring.receive(
+        first.fileno(), cbuf, 64, lambda res, flags: completions.append((res, flags))
     )
     ring.closeAfterSubmit(first)
     ring.enter(0)
@@ -421,18 +417,17 @@ def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
     meanwhile could take its number and the receive would read the new
     socket's data.
     """
-    from uringreactor.ring import KIND_RECV, Ring
+    from uringreactor.ring import Ring
 
     ring = Ring()
     first, firstPeer = socket.socketpair()
     completions: list[tuple[int, int]] = []
     buf = bytearray(64)
-    from uringreactor._liburing import ffi, lib
+    from uringreactor._liburing import ffi
 
     cbuf = ffi.from_buffer(buf)
-    ring.track(
-        lib.ur_prep_recv(ring._ptr, first.fileno(), cbuf, 64, 0, KIND_RECV),
-        lambda res, flags: completions.append((res, flags)),
+    ring.receive(
+        first.fileno(), cbuf, 64, lambda res, flags: completions.append((res, flags))
     )
     number = first.fileno()
     ring.closeAfterSubmit(first)

@@ -222,7 +222,8 @@ class Gigabyte:
             self.left -= 1
             self.transport.write(self.block)
             t = self.transport
-            buffered = t._tempDataLen + t._sendLength + t._leftoverLength
+            sender = t._sender
+            buffered = t._tempDataLen + (sender.pending if sender else 0)
             self.peakBuffered = max(self.peakBuffered, buffered)
         if not self.left:
             self.transport.unregisterProducer()

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import requireFeature
-from uringreactor._liburing import ffi, lib
+from uringreactor._liburing import ffi
 from uringreactor.features import (
     DEFAULT_SPIN_US,
     Features,
     spinMicroseconds,
 )
-from uringreactor.ring import KIND_RECV, Ring
+from uringreactor.ring import Ring
 
 # The task-running modes a ring can be in, as URINGREACTOR_DISABLE values.
 _MODES = {
@@ -46,11 +46,8 @@ class _Receiver:
         self.local, self.remote = socket.socketpair()
         self.buffer = ffi.new("char[]", 64)
         self.results: list[int] = []
-        ud = lib.ur_prep_recv(
-            ring._ptr, self.local.fileno(), self.buffer, 64, 0, KIND_RECV
-        )
-        assert ud > 0
-        ring.track(ud, self._done)
+        op = ring.receive(self.local.fileno(), self.buffer, 64, self._done)
+        assert op.tag > 0
 
     def _done(self, res: int, flags: int) -> None:
         self.results.append(res)

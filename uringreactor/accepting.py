@@ -13,11 +13,8 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from twisted.python import failure, log
 
-from uringreactor._liburing import lib
 from uringreactor.outcomes import ACCEPT_AGAIN, ACCEPT_EXHAUSTED
-from uringreactor.ring import F_MORE, KIND_ACCEPT
-
-_ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+from uringreactor.ring import F_MORE, Operation
 
 # How long a port waits before accepting again after running out of
 # resources.
@@ -45,7 +42,8 @@ class AcceptingPort:
     sessionno: int
     transport: Any
     _shouldShutdown: bool
-    _acceptOp = 0
+    # The accept operation in flight.
+    _acceptOp: Operation | None = None
     # Accepting, for the reactor's getReaders(); a port never writes.
     _reading = False
     _writing = False
@@ -58,21 +56,22 @@ class AcceptingPort:
         if self._reading:
             return
         self._reading = True
-        self.reactor._handles.add(self)
-        if not self._acceptOp:
+        self.reactor._driver.register(self)
+        if self._acceptOp is None:
             self._armAccept()
 
     def stopReading(self) -> None:
         if not self._reading:
             return
         self._reading = False
-        self.reactor._handles.discard(self)
+        driver = self.reactor._driver
+        driver.unregister(self)
         if self._retryCall is not None:
             self._retryCall.cancel()
             self._retryCall = None
-        if self._acceptOp:
-            self.reactor._ring.cancel(self._acceptOp, late=_closeLateAccept)
-            self._acceptOp = 0
+        if self._acceptOp is not None:
+            driver.ring.cancel(self._acceptOp, late=_closeLateAccept)
+            self._acceptOp = None
 
     def startWriting(self) -> None:
         pass
@@ -81,39 +80,29 @@ class AcceptingPort:
         pass
 
     def _armAccept(self) -> None:
-        reactor = self.reactor
-        ring = reactor._ring
-        multishot = "multishot_accept" in ring.features
-        self._acceptOp = ring.track(
-            lib.ur_prep_accept(
-                ring._ptr,
-                self.socket.fileno(),
-                reactor._ffi.NULL,
-                reactor._ffi.NULL,
-                _ACCEPT_FLAGS,
-                1 if multishot else 0,
-                KIND_ACCEPT,
-            ),
-            self._accepted,
+        ring = self.reactor._driver.ring
+        self._acceptOp = ring.accept(
+            self.socket.fileno(), "multishot_accept" in ring.features, self._accepted
         )
 
     def _accepted(self, res: int, flags: int) -> None:
         if not flags & F_MORE:
-            self._acceptOp = 0
+            self._acceptOp = None
+        driver = self.reactor._driver
         if res >= 0:
             self._exhaustedLogged = False
-            self.reactor._logContexts.call(self, self._newConnection, res)
+            driver.call(self, self._newConnection, res)
             if not flags & F_MORE:
-                self.reactor._logContexts.call(self, self._acceptBacklog)
+                driver.call(self, self._acceptBacklog)
         elif -res in ACCEPT_AGAIN:
             pass
         else:
             # Out of resources, or unexpected: logged once, and the port
             # accepts again a little later, as epoll's does at its next
             # readiness (at once, an error that repeats would spin).
-            self.reactor._logContexts.call(self, self._acceptFailed, -res)
+            driver.call(self, self._acceptFailed, -res)
             return
-        if not self._acceptOp and self._reading:
+        if self._acceptOp is None and self._reading:
             self._armAccept()
 
     def _acceptBacklog(self) -> None:
@@ -124,7 +113,7 @@ class AcceptingPort:
         handles them.
         """
         for _ in range(BACKLOG_BATCH):
-            if not self._reading or self._acceptOp:
+            if not self._reading or self._acceptOp is not None:
                 return
             try:
                 fd, _ = self.socket._accept()  # type: ignore[attr-defined]
@@ -163,14 +152,14 @@ class AcceptingPort:
                         "EMFILE recovery: Closed socket from {address}",
                         address=address,
                     )
-        if self._reading and not self._acceptOp and self._retryCall is None:
+        if self._reading and self._acceptOp is None and self._retryCall is None:
             self._retryCall = self.reactor.callLater(
                 ACCEPT_RETRY_DELAY, self._retryAccept
             )
 
     def _retryAccept(self) -> None:
         self._retryCall = None
-        if self._reading and not self._acceptOp:
+        if self._reading and self._acceptOp is None:
             self._armAccept()
 
     def _newConnection(self, fd: int) -> None:
@@ -220,7 +209,7 @@ class AcceptingPort:
                 skt.shutdown(2)
         except OSError:
             pass
-        self.reactor._ring.closeAfterSubmit(skt, immediately=True)
+        self.reactor._driver.ring.closeAfterSubmit(skt, immediately=True)
 
 
 def _closeLateAccept(res: int, flags: int) -> None:

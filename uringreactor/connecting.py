@@ -12,8 +12,7 @@ from typing import Any
 
 from twisted.internet import error
 
-from uringreactor._liburing import lib
-from uringreactor.ring import KIND_POLL
+from uringreactor.ring import Operation
 
 
 class PollConnecting:
@@ -27,7 +26,8 @@ class PollConnecting:
     reactor: Any
     socket: socket.socket
     realAddress: Any
-    _connectOp = 0
+    # The poll for writability in flight.
+    _connectOp: Operation | None = None
 
     def doConnect(self) -> None:
         """
@@ -57,25 +57,21 @@ class PollConnecting:
         self._connectDone()  # type: ignore[attr-defined]
 
     def _waitWritable(self) -> None:
-        ring = self.reactor._ring
-        self._connectOp = ring.track(
-            lib.ur_prep_poll(
-                ring._ptr, self.socket.fileno(), select.POLLOUT, 0, KIND_POLL
-            ),
-            self._writable,
+        self._connectOp = self.reactor._driver.ring.poll(
+            self.socket.fileno(), select.POLLOUT, self._writable
         )
 
     def _writable(self, res: int, flags: int) -> None:
-        self._connectOp = 0
+        self._connectOp = None
         if res < 0:
             self.failIfNotConnected(  # type: ignore[attr-defined]
                 error.getConnectError((-res, os.strerror(-res)))
             )
         else:
-            self.reactor._logContexts.call(self, self.doConnect)
+            self.reactor._driver.call(self, self.doConnect)
 
     def _stopReadingAndWriting(self) -> None:
-        if self._connectOp:
-            self.reactor._ring.cancel(self._connectOp)
-            self._connectOp = 0
+        if self._connectOp is not None:
+            self.reactor._driver.ring.cancel(self._connectOp)
+            self._connectOp = None
         super()._stopReadingAndWriting()  # type: ignore[misc]

@@ -31,7 +31,18 @@ assert RECVMSG_OUT.size == lib.UR_RECVMSG_OUT_SIZE
 # Room for control data in every receive of a UNIX stream transport.
 CONTROL_SIZE: int = lib.UR_CONTROL_SIZE
 
+# Room for any socket address (a struct sockaddr_storage).
+NAME_SIZE: int = lib.UR_NAME_SIZE
+
 Ancillary = list[tuple[int, int, bytes]]
+
+
+def newMessage() -> Any:
+    """
+    The memory of one message operation: a C{struct ur_msg} (header, one
+    iovec, room for an address and for control data).
+    """
+    return ffi.new("struct ur_msg *")
 
 
 def parseControl(control: bytes) -> Ancillary:
@@ -60,6 +71,14 @@ def receivedControl(msg: object) -> Ancillary:
     if not length:
         return []
     return parseControl(ffi.buffer(lib.ur_msg_control(msg), length)[:])
+
+
+def receivedName(msg: object) -> bytes:
+    """
+    The source address (a C{struct sockaddr}) a completed single-shot
+    recvmsg left in C{msg}.
+    """
+    return ffi.buffer(lib.ur_msg_name(msg), lib.ur_msg_namelen(msg))[:]
 
 
 def descriptorsIn(ancillary: Ancillary) -> list[int]:

@@ -34,20 +34,14 @@ from typing import Any
 from twisted.internet import error, posixbase
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
-from twisted.python import failure, log
+from twisted.python import log
 from zope.interface import implementer
 
 from uringreactor import tcp, udp, unix
-from uringreactor._liburing import ffi, lib
+from uringreactor._liburing import lib
+from uringreactor.driver import Driver
 from uringreactor.features import Features
-from uringreactor.logcontext import LogContexts
-from uringreactor.ring import (
-    BUFFER_SHIFT,
-    F_BUFFER,
-    KIND_POLL,
-    BufferRing,
-    Ring,
-)
+from uringreactor.ring import BufferRing, Operation, Ring
 
 _log = Logger()
 
@@ -70,22 +64,19 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     A reactor whose I/O goes through io_uring.
 
     @ivar _ring: the L{Ring}.
-    @ivar _reads: maps each readiness-based reader to the C{user_data} of its
-        armed poll (0 while its C{doRead} runs).
+    @ivar _driver: the L{Driver}, all that completion-based transports and
+        ports use of the reactor.  Its C{handles} are those alive; each
+        says whether it is reading (or accepting) and whether it has output
+        pending, for C{getReaders}/C{getWriters}.  Kept this way so that a
+        request does not cost set operations.
+    @ivar _reads: maps each readiness-based reader to its armed poll
+        operation (L{None} while its C{doRead} runs).
     @ivar _writes: the same for writers.
-    @ivar _handles: completion-based transports and ports that are alive;
-        each says whether it is reading (or accepting) and whether it has
-        output pending, for C{getReaders}/C{getWriters}.  Kept this way so
-        that a request does not cost set operations.
-    @ivar _flushQueue: completion-based transports to flush before the next
-        submission.
     """
 
     _POLL_DISCONNECTED = select.POLLHUP | select.POLLERR
     _POLL_IN = select.POLLIN
     _POLL_OUT = select.POLLOUT
-
-    _ffi = ffi
 
     def __init__(
         self,
@@ -135,12 +126,11 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 self._ring.features.discard(
                     "buf_ring", f"setting up the provided buffers failed: {e}"
                 )
-        self._reads: dict[Any, int] = {}
-        self._writes: dict[Any, int] = {}
-        self._handles: set[Any] = set()
-        self._flushQueue: list[Any] = []
-        self._sendDirectly = False
-        self._logContexts = LogContexts()
+        self._reads: dict[Any, Operation | None] = {}
+        self._writes: dict[Any, Operation | None] = {}
+        self._driver = Driver(
+            self._ring, self._bufferRing, self._disconnectSelectable, self.callLater
+        )
         posixbase.PosixReactorBase.__init__(self)
 
     # -- IReactorFDSet ---------------------------------------------------
@@ -172,9 +162,9 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if getattr(reader, "_uringHandle", False):
             reader.stopReading()
             return
-        ud = self._reads.pop(reader, None)
-        if ud:
-            self._ring.cancel(ud)
+        op = self._reads.pop(reader, None)
+        if op is not None:
+            self._ring.cancel(op)
 
     def removeWriter(self, writer: Any) -> None:
         """
@@ -183,65 +173,58 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if getattr(writer, "_uringHandle", False):
             writer.stopWriting()
             return
-        ud = self._writes.pop(writer, None)
-        if ud:
-            self._ring.cancel(ud)
+        op = self._writes.pop(writer, None)
+        if op is not None:
+            self._ring.cancel(op)
 
     def removeAll(self) -> list[Any]:
         """
         Remove every reader and writer except the reactor's own, and return
         them.
         """
+        handles = self._driver.handles
         return self._removeAll(
-            list(self._reads) + [h for h in self._handles if h._reading],
-            list(self._writes) + [h for h in self._handles if h._writing],
+            list(self._reads) + [h for h in handles if h._reading],
+            list(self._writes) + [h for h in handles if h._writing],
         )
 
     def getReaders(self) -> list[Any]:
-        return list(self._reads) + [h for h in self._handles if h._reading]
+        return list(self._reads) + [h for h in self._driver.handles if h._reading]
 
     def getWriters(self) -> list[Any]:
-        return list(self._writes) + [h for h in self._handles if h._writing]
+        return list(self._writes) + [h for h in self._driver.handles if h._writing]
 
-    def _arm(self, selectable: Any, isRead: bool) -> int:
+    def _arm(self, selectable: Any, isRead: bool) -> Operation:
         """
         Queue a one-shot poll for C{selectable} in one direction.
         """
         fd = selectable.fileno()
         if fd < 0:
             raise _NoDescriptor(f"{selectable!r} has no file descriptor ({fd})")
-        ring = self._ring
-        ud: int = ring.track(
-            lib.ur_prep_poll(
-                ring._ptr, fd, _POLLIN if isRead else _POLLOUT, 0, KIND_POLL
-            ),
-            _noop,
-        )
+        op = self._ring.poll(fd, _POLLIN if isRead else _POLLOUT, _noop)
 
         def ready(res: int, flags: int) -> None:
-            self._ready(selectable, isRead, ud, res)
+            self._ready(selectable, isRead, op, res)
 
-        ring.ops[ud] = ready
-        return ud
+        op.handler = ready
+        return op
 
-    def _ready(self, selectable: Any, isRead: bool, ud: int, res: int) -> None:
+    def _ready(self, selectable: Any, isRead: bool, op: Operation, res: int) -> None:
         """
         A poll completed: run C{doRead} or C{doWrite} as epoll would, then
         poll again while the descriptor is still registered.
         """
         table = self._reads if isRead else self._writes
-        if table.get(selectable) != ud:
+        if table.get(selectable) is not op:
             return
-        table[selectable] = 0
+        table[selectable] = None
         if res < 0:
             # The descriptor was closed or never valid.
             del table[selectable]
             self._descriptorLost(selectable, isRead)
             return
-        self._logContexts.call(
-            selectable, self._doReadOrWrite, selectable, selectable, res
-        )
-        if table.get(selectable) == 0:
+        self._driver.call(selectable, self._doReadOrWrite, selectable, selectable, res)
+        if selectable in table and table[selectable] is None:
             try:
                 table[selectable] = self._arm(selectable, isRead)
             except BaseException as e:
@@ -256,7 +239,7 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         Disconnect a readiness-based selectable whose descriptor is gone.
         """
-        self._logContexts.call(
+        self._driver.call(
             selectable, self._disconnectSelectable, selectable, _NO_FILEDESC, isRead
         )
 
@@ -267,45 +250,18 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         Flush output, submit all prepared operations, wait for completions
         (at most C{timeout} seconds) and dispatch them.
         """
-        self._logContexts.refresh()
-        queue = self._flushQueue
-        if queue:
-            self._flushQueue = []
-            ranApplicationCode = False
-            # Many sends go to the kernel together, in the one
-            # io_uring_enter below; a lone one goes directly.
-            self._sendDirectly = len(queue) == 1
-            for handle in queue:
-                try:
-                    if handle._flush():
-                        ranApplicationCode = True
-                except BaseException:
-                    # That transport alone is lost, as epoll's doWrite
-                    # failing loses its own; the others still flush.
-                    ranApplicationCode = True
-                    self._flushFailed(handle, failure.Failure())
-            self._sendDirectly = False
-            if ranApplicationCode or self._flushQueue:
-                # A flush with nothing left to send finished a
-                # loseConnection or resumed a producer: that code may have
-                # stopped the reactor, scheduled calls or written more, all
-                # of which the timeout given to this iteration predates.
-                timeout = 0
+        driver = self._driver
+        driver.logContexts.refresh()
+        # Many sends go to the kernel together, in the one io_uring_enter
+        # below; a lone one goes directly.
+        if driver.flushQueue and driver.flush():
+            # A flush with nothing left to send finished a loseConnection or
+            # resumed a producer: that code may have stopped the reactor,
+            # scheduled calls or written more, all of which the timeout
+            # given to this iteration predates.
+            timeout = 0
         self._ring.enter(timeout)
         self._ring.dispatch()
-
-    def _flushFailed(self, handle: Any, why: failure.Failure) -> None:
-        """
-        Flushing C{handle} raised C{why}: log it and disconnect C{handle},
-        as C{_doReadOrWrite} does for a C{doWrite} that raises.
-        """
-        handle._flushQueued = False
-
-        def lose() -> None:
-            log.err(why, "Error flushing a transport's output")
-            self._disconnectSelectable(handle, why.value, False)
-
-        self._logContexts.call(handle, lose)
 
     def mainLoop(self) -> None:
         try:
@@ -314,13 +270,6 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             # Shutdown disconnected everything: let the cancellations and
             # closes that caused reach the kernel before run() returns.
             self._ring.settle(0.5)
-
-    def _recycleLate(self, res: int, flags: int) -> None:
-        """
-        Give back the provided buffer carried by a late completion.
-        """
-        if flags & F_BUFFER and self._bufferRing is not None:
-            self._bufferRing.recycle(flags >> BUFFER_SHIFT)
 
     # -- IReactorTCP -------------------------------------------------------
 

@@ -47,10 +47,17 @@ from twisted.internet import abstract, base, error, interfaces, udp
 from twisted.python import failure, log
 from zope.interface import implementer
 
-from uringreactor._liburing import ffi, lib
-from uringreactor.messages import RECVMSG_OUT, decodeAddress, encodeAddress
+from uringreactor._liburing import ffi
+from uringreactor.messages import (
+    NAME_SIZE,
+    RECVMSG_OUT,
+    decodeAddress,
+    encodeAddress,
+    newMessage,
+    receivedName,
+)
 from uringreactor.outcomes import DATAGRAM_RECEIVE_AGAIN
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, KIND_RECV, KIND_SEND
+from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 
 # Largest UDP payloads: 65535 less the IPv4 and UDP headers, and less the
 # UDP header alone for IPv6 (without jumbograms).
@@ -76,17 +83,16 @@ _ECONNREFUSED = -errno.ECONNREFUSED
 
 class _Outgoing:
     """
-    One datagram being sent: the handler of its sendmsg operation, and what
-    must stay alive until it completes.
+    One datagram to send, and the handler of its sendmsg operation (which
+    owns what the kernel reads while it is in flight).
     """
 
-    __slots__ = ("port", "data", "name", "msg")
+    __slots__ = ("port", "data", "name")
 
     def __init__(self, port: Port, data: bytes, name: bytes | None) -> None:
         self.port = port
         self.data = data
         self.name = name
-        self.msg: Any = None
 
     def __call__(self, res: int, flags: int) -> None:
         self.port._sent(self, res)
@@ -104,9 +110,10 @@ class Port(udp.Port):
     _writing = False
     _registered = False
     _flushQueued = False
-    _recvOp = 0
-    _recvMsg: Any = None
-    _recvBuffer: Any = None
+    # The receive in flight, and the memory of the last one to complete,
+    # for the next (a cancelled one keeps its own).
+    _recvOp: Operation | None = None
+    _recvSpare: Any = None
     _multishot = False
     # Datagrams of a failed chain that were never tried, to send again.
     _retry: list[_Outgoing] | None = None
@@ -128,7 +135,7 @@ class Port(udp.Port):
             return
         self._reading = True
         self._register()
-        if not self._recvOp:
+        if self._recvOp is None:
             self._armRecv()
 
     def stopReading(self) -> None:
@@ -140,88 +147,81 @@ class Port(udp.Port):
     def _register(self) -> None:
         if not self._registered:
             self._registered = True
-            self.reactor._handles.add(self)
+            self.reactor._driver.register(self)
 
     def _cancelRecv(self) -> None:
-        if self._recvOp:
-            reactor = self.reactor
-            late = reactor._recycleLate if reactor._bufferRing is not None else None
-            reactor._ring.cancel(
-                self._recvOp, keep=(self._recvMsg, self._recvBuffer), late=late
-            )
-            self._recvOp = 0
+        op = self._recvOp
+        if op is not None:
+            self._recvOp = None
+            driver = self.reactor._driver
+            driver.ring.cancel(op, late=driver.recycleLate)
 
     def _armRecv(self) -> None:
-        reactor = self.reactor
-        ring = reactor._ring
-        bufferRing = reactor._bufferRing
-        msg = self._recvMsg
-        if msg is None:
-            msg = self._recvMsg = ffi.new("struct ur_msg *")
+        driver = self.reactor._driver
+        ring = driver.ring
+        buffers = driver.buffers
         fd = self.socket.fileno()
         self._multishot = (
-            bufferRing is not None
+            buffers is not None
             and "multishot_recv" in ring.features
-            and self.maxPacketSize <= bufferRing.bufferSize - _PAYLOAD_OFFSET
+            and self.maxPacketSize <= buffers.bufferSize - _PAYLOAD_OFFSET
         )
+        spare, self._recvSpare = self._recvSpare, None
         if self._multishot:
-            assert bufferRing is not None
-            ud = lib.ur_prep_recvmsg_multishot(
-                ring._ptr, fd, msg, _NAME_ROOM, 0, bufferRing.groupId, KIND_RECV
+            assert buffers is not None
+            msg = spare[0] if spare is not None else newMessage()
+            self._recvOp = ring.receiveMessages(
+                fd, msg, _NAME_ROOM, buffers.groupId, self._received
             )
-        else:
-            if self._recvBuffer is None:
-                self._recvBuffer = ffi.new("char[]", max(self.maxPacketSize, 1))
-            ud = lib.ur_prep_recvmsg_into(
-                ring._ptr,
-                fd,
-                msg,
-                self._recvBuffer,
-                self.maxPacketSize,
-                lib.UR_NAME_SIZE,
-                0,
-                -1,
-                KIND_RECV,
-            )
-        self._recvOp = ring.track(ud, self._received)
+            return
+        if spare is None or spare[1] is None:
+            spare = (newMessage(), ffi.new("char[]", max(self.maxPacketSize, 1)))
+        msg, buf = spare
+        self._recvOp = ring.receiveMessage(
+            fd, msg, buf, self.maxPacketSize, NAME_SIZE, 0, -1, self._received
+        )
 
     def _received(self, res: int, flags: int) -> None:
+        op = self._recvOp
+        assert op is not None
+        driver = self.reactor._driver
         if not flags & F_MORE:
-            self._recvOp = 0
+            self._recvOp = None
+            # What the kernel wrote into is free again for the next receive.
+            memory = op.memory
+            self._recvSpare = memory if type(memory) is tuple else (memory, None)
         if res >= 0:
             if self._multishot:
                 # Header, address and payload copied straight out of the
                 # provided buffer, each once; then the buffer goes back.
-                bufferRing = self.reactor._bufferRing
+                buffers: Any = driver.buffers
                 bufferId = flags >> BUFFER_SHIFT
-                raw = bufferRing.view(bufferId, res)
+                raw = buffers.view(bufferId, res)
                 namelen, _, payloadlen, _ = RECVMSG_OUT.unpack_from(raw)
                 name = bytes(raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen])
                 size = min(payloadlen, self.maxPacketSize)
                 data = bytes(raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size])
                 raw.release()
-                bufferRing.recycle(bufferId)
+                buffers.recycle(bufferId)
             else:
-                msg = self._recvMsg
-                name = ffi.buffer(lib.ur_msg_name(msg), lib.ur_msg_namelen(msg))[:]
-                data = ffi.unpack(self._recvBuffer, res)
+                msg, buf = op.memory
+                name = receivedName(msg)
+                data = ffi.unpack(buf, res)
             addr = self._nameCache.get(name)
             if addr is None:
                 addr = self._decodeName(name)
-            self.reactor._logContexts.call(self, self._deliver, data, addr)
+            driver.call(self, self._deliver, data, addr)
         else:
             if flags & F_BUFFER:
-                self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
+                driver.recycleLate(res, flags)
             elif res == _ENOBUFS and self._multishot:
-                self.reactor._bufferRing.shortage()
+                driver.buffers.shortage()  # type: ignore[union-attr]
             if res == _ECONNREFUSED:
                 if self._connectedAddr:
-                    self.reactor._logContexts.call(
-                        self, self.protocol.connectionRefused
-                    )
+                    driver.call(self, self.protocol.connectionRefused)
             elif -res not in DATAGRAM_RECEIVE_AGAIN:
                 self._logError(res, "Could not receive datagram")
-        if not self._recvOp and self._reading and self.connected:
+        if self._recvOp is None and self._reading and self.connected:
             self._armRecv()
 
     def _decodeName(self, name: bytes) -> Any:
@@ -270,8 +270,7 @@ class Port(udp.Port):
             raise error.MessageLengthError("message too long")
         self._queue.append(_Outgoing(self, datagram, name))
         if not self._flushQueued:
-            self._flushQueued = True
-            self.reactor._flushQueue.append(self)
+            self.reactor._driver.queueFlush(self)
             self._register()
 
     def _encode(self, addr: Any) -> bytes:
@@ -318,31 +317,15 @@ class Port(udp.Port):
         if len(queue) > _CHAIN_LIMIT:
             batch = queue[:_CHAIN_LIMIT]
             self._queue = queue[_CHAIN_LIMIT:]
-            self._flushQueued = True
-            self.reactor._flushQueue.append(self)
+            self.reactor._driver.queueFlush(self)
         else:
             batch = queue
             self._queue = []
-        ring = self.reactor._ring
+        ring = self.reactor._driver.ring
         fd = self.socket.fileno()
         last = len(batch) - 1
         for i, out in enumerate(batch):
-            msg = out.msg = ffi.new("struct ur_msg *")
-            name = out.name
-            ud = lib.ur_prep_sendmsg_to(
-                ring._ptr,
-                fd,
-                msg,
-                out.data,
-                len(out.data),
-                name if name is not None else ffi.NULL,
-                len(name) if name is not None else 0,
-                -1,
-                0,
-                i != last,
-                KIND_SEND,
-            )
-            ring.track(ud, out)
+            ring.sendMessage(fd, out.data, out.name, -1, 0, i != last, out)
             self._sending += 1
         return False
 
@@ -358,13 +341,12 @@ class Port(udp.Port):
             # An earlier datagram of the same chain failed, so this one was
             # never tried: it goes first in the next chain, keeping the
             # order.
-            out.msg = None
             if self._retry is None:
                 self._retry = []
             self._retry.append(out)
         elif res == _ECONNREFUSED:
             if self._connectedAddr:
-                self.reactor._logContexts.call(self, self.protocol.connectionRefused)
+                self.reactor._driver.call(self, self.protocol.connectionRefused)
         else:
             self._logError(res, "Could not send datagram")
 
@@ -372,7 +354,7 @@ class Port(udp.Port):
         """
         Log the error of a failed operation, in this port's log context.
         """
-        self.reactor._logContexts.call(
+        self.reactor._driver.call(
             self, log.err, failure.Failure(OSError(-res, os.strerror(-res))), why
         )
 
@@ -391,9 +373,8 @@ class Port(udp.Port):
             else:
                 reason, self._closeWhenSent = self._closeWhenSent, None
                 self.connectionLost(reason)
-        elif self._queue and not self._flushQueued:
-            self._flushQueued = True
-            self.reactor._flushQueue.append(self)
+        elif self._queue:
+            self.reactor._driver.queueFlush(self)
 
     # -- stopping -------------------------------------------------------
 
@@ -419,10 +400,10 @@ class Port(udp.Port):
         self._queue = []
         if self._registered:
             self._registered = False
-            self.reactor._handles.discard(self)
+            self.reactor._driver.unregister(self)
         base.BasePort.connectionLost(self, reason)
         self.protocol.doStop()
-        self.reactor._ring.closeAfterSubmit(self.socket, immediately=True)
+        self.reactor._driver.ring.closeAfterSubmit(self.socket, immediately=True)
         del self.socket
         del self.fileno
         if hasattr(self, "d"):

@@ -19,29 +19,209 @@ for TCP:
 from __future__ import annotations
 
 import errno
+import functools
 import socket
-import sys
 from typing import Any
 
 from twisted.internet import error, unix
 from twisted.python import log
 
 from uringreactor import tcp
-from uringreactor._liburing import ffi, lib
+from uringreactor._liburing import ffi
 from uringreactor.accepting import AcceptingPort
 from uringreactor.connecting import PollConnecting
-from uringreactor.handle import RECV_BUFFER_SIZE, CompletionIO
+from uringreactor.driver import Driver
+from uringreactor.handle import CompletionIO
 from uringreactor.messages import (
     CONTROL_SIZE,
     Ancillary,
     closeDescriptors,
+    newMessage,
     receivedControl,
 )
 from uringreactor.outcomes import receiveEnd
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, KIND_RECV, KIND_SEND
+from uringreactor.receiving import RECV_BUFFER_SIZE, Receiver
+from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, Operation
+from uringreactor.sending import Sender
 
 _ENOBUFS = -errno.ENOBUFS
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+
+
+class MessageReceiver(Receiver):
+    """
+    Single recvmsg operations with room for control data, so that
+    descriptors sent by the peer arrive with the bytes they were sent with;
+    the data goes into a provided buffer where the reactor has them, else
+    into a buffer of the receiver's own.  What it delivers is the bytes, or
+    C{(bytes, ancillary)} when control data came with them.
+    """
+
+    __slots__ = ("spare",)
+
+    def __init__(self, transport: Any, driver: Driver) -> None:
+        super().__init__(transport, driver)
+        self.spare: Any = None
+        self.consume = self._consumeMessage
+
+    def prepare(self, fd: int) -> Operation:
+        ring = self.driver.ring
+        buffers = self.driver.buffers
+        spare, self.spare = self.spare, None
+        if spare is None:
+            msg = newMessage()
+            buf = None if buffers is not None else ffi.new("char[]", RECV_BUFFER_SIZE)
+        else:
+            msg, buf = spare
+        if buffers is not None:
+            return ring.receiveMessage(
+                fd,
+                msg,
+                None,
+                buffers.bufferSize,
+                0,
+                CONTROL_SIZE,
+                buffers.groupId,
+                self,
+            )
+        return ring.receiveMessage(
+            fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, self
+        )
+
+    def __call__(self, res: int, flags: int) -> None:
+        """
+        A recvmsg completed.
+        """
+        op = self.op
+        assert op is not None
+        msg, buf = memory = op.memory
+        self.finished()
+        # The header and buffer are this receiver's again, for the next
+        # receive (a cancelled one keeps its own).
+        self.spare = memory
+        buffers: Any = self.driver.buffers
+        if res <= 0:
+            if flags & F_BUFFER:
+                buffers.recycle(flags >> BUFFER_SHIFT)
+            if res == _ENOBUFS:
+                buffers.shortage()
+            why = receiveEnd(res)
+            if why is not None:
+                self.ended(why)
+            else:
+                # No data after all, or no free buffer this time round.
+                self.rearm()
+            return
+        if flags & F_BUFFER:
+            data = buffers.take(flags >> BUFFER_SHIFT, res)
+        else:
+            data = ffi.unpack(buf, res)
+        ancillary = receivedControl(msg)
+        self.received((data, ancillary) if ancillary else data)
+
+    def _consumeMessage(self, data: Any) -> Any:
+        # What _SendmsgMixin.doRead does with what recvmsg returned:
+        # descriptors first, then the bytes they came with.
+        transport = self.transport
+        if type(data) is tuple:
+            data, ancillary = data
+            transport._handleAncillary(ancillary)
+        return transport._dataReceived(data)
+
+    def lateAfterClose(self, op: Operation) -> Any:
+        return functools.partial(_closeLateMessage, self.driver, op.memory[0])
+
+    def close(self) -> list[Any] | None:
+        held = super().close()
+        # Descriptors received but never delivered are closed, not leaked.
+        for item in held or ():
+            if type(item) is tuple:
+                closeDescriptors(item[1])
+        return held
+
+
+def _closeLateMessage(driver: Driver, msg: Any, res: int, flags: int) -> None:
+    """
+    A completion of a recvmsg cancelled because the transport closed: close
+    any descriptor it brought, give its buffer back.
+    """
+    if res > 0:
+        closeDescriptors(receivedControl(msg))
+    driver.recycleLate(res, flags)
+
+
+class MessageSender(Sender):
+    """
+    Sends along a UNIX stream the descriptors queued with
+    C{sendFileDescriptor}: each leaves with one byte of the stream in its
+    own sendmsg operation, in order with the rest of the stream, exactly as
+    C{_SendmsgMixin.writeSomeData} sends it.
+    """
+
+    __slots__ = ()
+
+    def flush(self) -> bool:
+        transport = self.transport
+        queue = transport._sendmsgQueue
+        if not queue:
+            return super().flush()
+        if self.op is not None:
+            return False
+        pieces = self.leftover or []
+        pieces.extend(transport._tempDataBuffer)
+        length = self.leftoverLength + transport._tempDataLen
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
+        self.leftover = pieces or None
+        self.leftoverLength = length
+        if len(queue) > length:
+            # Each descriptor travels with one byte of the stream: more
+            # descriptors than bytes is the same error as on epoll.
+            self.driver.lose(transport, error.FileDescriptorOverrun(), False)
+            return True
+        first = pieces[0]
+        byte = bytes(first[:1])
+        if len(first) > 1:
+            pieces[0] = memoryview(first)[1:]
+        else:
+            del pieces[0]
+        self.leftover = pieces or None
+        self.leftoverLength = length - 1
+        self.op = self.driver.ring.sendMessage(
+            transport.socket.fileno(),
+            byte,
+            None,
+            queue[0],
+            _MSG_NOSIGNAL,
+            False,
+            self._descriptorSent,
+        )
+        self.length = 1
+        return False
+
+    def _descriptorSent(self, res: int, flags: int) -> None:
+        op = self.op
+        assert op is not None
+        self.op = None
+        self.length = 0
+        if res == 1:
+            del self.transport._sendmsgQueue[0]
+        _, byte, _ = op.memory
+        self.sent(res, 1, [byte])
+        self._more()
+
+    def __call__(self, res: int, flags: int) -> bool:
+        ranApplicationCode = super().__call__(res, flags)
+        self._more()
+        return ranApplicationCode
+
+    def _more(self) -> None:
+        transport = self.transport
+        if transport._sendmsgQueue and self.op is None and not transport.disconnected:
+            # Descriptors wait for bytes to travel with: flush again, which
+            # sends them or reports the overrun, as epoll's next doWrite
+            # would.
+            transport.startWriting()
 
 
 class MessageStreamIO(CompletionIO):
@@ -57,79 +237,12 @@ class MessageStreamIO(CompletionIO):
     _sendmsgQueue: list[int]
     _fileDescriptorBufferSize: int
     protocol: Any
-    # The recvmsg header and control area of the receive in flight.
-    _msg: Any = None
 
-    # -- reading --------------------------------------------------------
+    def _newReceiver(self, driver: Any) -> Receiver:
+        return MessageReceiver(self, driver)
 
-    def _prepareRecv(self, ring: Any, fd: int) -> int:
-        bufferRing = self.reactor._bufferRing
-        msg = self._msg
-        if msg is None:
-            msg = self._msg = ffi.new("struct ur_msg *")
-        if bufferRing is not None:
-            ud = lib.ur_prep_recvmsg_into(
-                ring._ptr,
-                fd,
-                msg,
-                ffi.NULL,
-                bufferRing.bufferSize,
-                0,
-                CONTROL_SIZE,
-                bufferRing.groupId,
-                KIND_RECV,
-            )
-        else:
-            buf = self._recvBuffer
-            if buf is None:
-                buf = self._recvBuffer = ffi.new("char[]", RECV_BUFFER_SIZE)
-            ud = lib.ur_prep_recvmsg_into(
-                ring._ptr,
-                fd,
-                msg,
-                buf,
-                RECV_BUFFER_SIZE,
-                0,
-                CONTROL_SIZE,
-                -1,
-                KIND_RECV,
-            )
-        return ring.track(ud, self._recvmsgDone)
-
-    def _recvmsgDone(self, res: int, flags: int) -> None:
-        self._recvOp = 0
-        if res <= 0:
-            if flags & F_BUFFER:
-                self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
-            if res == _ENOBUFS:
-                self.reactor._bufferRing.shortage()
-            why = receiveEnd(res)
-            if why is not None:
-                self._readEnded(why)
-            elif self._reading:
-                # No data after all, or no free buffer this time round.
-                self._armRecv()
-            return
-        if flags & F_BUFFER:
-            data = self.reactor._bufferRing.take(flags >> BUFFER_SHIFT, res)
-        else:
-            data = ffi.unpack(self._recvBuffer, res)
-        ancillary = receivedControl(self._msg)
-        self._received((data, ancillary) if ancillary else data)
-
-    def _deliverInContext(self, data: Any) -> None:
-        # What _SendmsgMixin.doRead does with what recvmsg returned:
-        # descriptors first, then the bytes they came with.
-        try:
-            if type(data) is tuple:
-                data, ancillary = data
-                self._handleAncillary(ancillary)
-            why = self._dataReceived(data)  # type: ignore[attr-defined]
-        except BaseException:
-            why = sys.exc_info()[1]
-            log.err()
-        if why:
-            self.reactor._disconnectSelectable(self, why, True)
+    def _newSender(self, driver: Any) -> Sender:
+        return MessageSender(self, driver)
 
     def _handleAncillary(self, ancillary: Ancillary) -> None:
         for level, kind, cdata in ancillary:
@@ -150,104 +263,11 @@ class MessageStreamIO(CompletionIO):
                     cmsgType=kind,
                 )
 
-    def _recvmsgLate(self, res: int, flags: int) -> None:
-        """
-        A completion of a receive cancelled because the transport closed:
-        close any descriptor it brought, give its buffer back.
-        """
-        if res > 0:
-            closeDescriptors(receivedControl(self._msg))
-        if flags & F_BUFFER:
-            self.reactor._bufferRing.recycle(flags >> BUFFER_SHIFT)
-
-    def _cancelIO(self) -> None:
-        if self._recvOp:
-            self.reactor._ring.cancel(
-                self._recvOp,
-                keep=(self._msg, self._recvBuffer),
-                late=self._recvmsgLate,
-            )
-            self._recvOp = 0
-        held = self._held
-        super()._cancelIO()
-        # Descriptors received but never delivered are closed, not leaked.
-        for item in held or ():
-            if type(item) is tuple:
-                closeDescriptors(item[1])
-
-    # -- writing --------------------------------------------------------
-
     def _isSendBufferFull(self) -> bool:
         return (
             len(self._sendmsgQueue) > self._fileDescriptorBufferSize
             or super()._isSendBufferFull()
         )
-
-    def _flush(self) -> bool:
-        if not self._sendmsgQueue:
-            return super()._flush()
-        self._flushQueued = False
-        if self._sendOp or not self._writing or self.disconnected or self._aborting:
-            return False
-        pieces = self._leftover or []
-        pieces.extend(self._tempDataBuffer)
-        length = self._leftoverLength + self._tempDataLen
-        self._tempDataBuffer = []
-        self._tempDataLen = 0
-        self._leftover = pieces or None
-        self._leftoverLength = length
-        if len(self._sendmsgQueue) > length:
-            # Each descriptor travels with one byte of the stream: more
-            # descriptors than bytes is the same error as on epoll.
-            self.reactor._logContexts.call(
-                self,
-                self.reactor._disconnectSelectable,
-                self,
-                error.FileDescriptorOverrun(),
-                False,
-            )
-            return True
-        first = pieces[0]
-        byte = bytes(first[:1])
-        if len(first) > 1:
-            pieces[0] = memoryview(first)[1:]
-        else:
-            del pieces[0]
-        self._leftover = pieces or None
-        self._leftoverLength = length - 1
-        ring = self.reactor._ring
-        msg = ffi.new("struct ur_msg *")
-        ud = lib.ur_prep_sendmsg_to(
-            ring._ptr,
-            self.socket.fileno(),
-            msg,
-            byte,
-            1,
-            ffi.NULL,
-            0,
-            self._sendmsgQueue[0],
-            _MSG_NOSIGNAL,
-            0,
-            KIND_SEND,
-        )
-        self._sendOp = ring.track(ud, self._sendFileDescriptorDone)
-        self._sendKeep = ([byte], msg)
-        self._sendLength = 1
-        return False
-
-    def _sendFileDescriptorDone(self, res: int, flags: int) -> None:
-        if res == 1:
-            del self._sendmsgQueue[0]
-        self._sendDone(res, flags)
-
-    def _sendDone(self, res: int, flags: int) -> bool:
-        ranApplicationCode = super()._sendDone(res, flags)
-        if self._sendmsgQueue and not self._sendOp and not self.disconnected:
-            # Descriptors wait for bytes to travel with: flush again, which
-            # sends them or reports the overrun, as epoll's next doWrite
-            # would.
-            self.startWriting()
-        return ranApplicationCode
 
 
 class Server(MessageStreamIO, unix.Server):

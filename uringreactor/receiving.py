@@ -1,0 +1,419 @@
+"""
+The receive side of a stream transport.
+
+A L{Receiver} keeps one receive operation in flight while its transport's
+protocol wants data, and delivers what it brings; what arrives while the
+protocol does not is held and delivered, in order, when it wants data
+again.  Nothing is re-armed while reading is paused, so the kernel's
+receive buffer fills and TCP flow control pushes back on the peer.
+
+Its state is explicit (L{Receiver.state}):
+
+  - C{IDLE}: no receive in flight;
+  - C{ARMED}: L{Receiver.op} is in flight; its data is delivered while
+    reading, held while paused;
+  - C{DRAINING}: a multishot receive was cancelled because data arrived
+    while reading was paused; its last completions may still bring data,
+    which is held too, and nothing is armed until the final one, so data
+    cannot reorder;
+  - C{CLOSED}: the transport is gone.
+
+Held data exists only while no receive is armed (C{IDLE} or
+C{DRAINING}): a receive is armed only once what is held has been
+delivered.  So data delivered at once from a completion never overtakes
+held data.
+
+Three strategies, one class each, differ only in the operation they arm
+and how its completion is read: L{BufferReceiver} (a multishot receive
+into the reactor's provided buffers), L{OwnBufferReceiver} (single
+receives into a buffer of its own, where the kernel has no provided
+buffers) and, in L{uringreactor.unix}, recvmsg with room for passed
+descriptors.  All of them deliver through L{Receiver.deliver}.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import TYPE_CHECKING, Any
+
+from twisted.python import log
+
+from uringreactor._liburing import ffi
+from uringreactor.logcontext import ContextEntry
+from uringreactor.outcomes import receiveEnd
+from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
+
+if TYPE_CHECKING:
+    from uringreactor.driver import Driver
+
+IDLE = 0
+ARMED = 1
+DRAINING = 2
+CLOSED = 3
+
+# Receive buffer of a transport that has no provided buffer ring to use.
+RECV_BUFFER_SIZE = 65536
+
+_ENOBUFS = -errno.ENOBUFS
+_ECANCELED = -errno.ECANCELED
+_unpack = ffi.unpack
+
+
+class Receiver:
+    """
+    Receives for one stream transport (see the module's docstring).
+
+    @ivar transport: the transport: a C{FileDescriptor} with C{socket},
+        C{disconnected} and C{_dataReceived}.
+    @ivar state: C{IDLE}, C{ARMED}, C{DRAINING} or C{CLOSED}.
+    @ivar op: the receive in flight (C{ARMED}), else L{None}.
+    @ivar reading: whether the protocol wants data.
+    @ivar held: data that arrived while the protocol did not want it, in
+        order; or L{None}.
+    @ivar heldEnd: why the stream ended, once that is known but not yet
+        reported (it comes after the held data); or L{None}.
+    @ivar consume: C{consume(data)} hands data to the protocol and returns
+        a reason to disconnect, or L{None} (C{FileDescriptor}'s
+        C{_dataReceived}).
+    """
+
+    __slots__ = (
+        "transport",
+        "driver",
+        "state",
+        "op",
+        "reading",
+        "held",
+        "heldEnd",
+        "deliverCall",
+        "consume",
+    )
+
+    def __init__(self, transport: Any, driver: Driver) -> None:
+        self.transport = transport
+        self.driver = driver
+        self.state = IDLE
+        self.op: Operation | None = None
+        self.reading = False
+        self.held: list[Any] | None = None
+        self.heldEnd: BaseException | None = None
+        self.deliverCall: Any = None
+        self.consume = transport._dataReceived
+
+    def prepare(self, fd: int) -> Operation:
+        """
+        Prepare the receive operation on C{fd}, with this receiver handling
+        its completions.
+        """
+        raise NotImplementedError
+
+    def lateAfterClose(self, op: Operation) -> Any:
+        """
+        The handler for what a receive cancelled at close still completes
+        with (see L{uringreactor.ring.Ring.cancel}), or L{None}.
+        """
+        return None
+
+    # -- what the transport asks ------------------------------------------
+
+    def start(self) -> None:
+        """
+        The protocol wants data (again): deliver what is held, or receive.
+        """
+        if self.reading or self.state == CLOSED:
+            return
+        self.reading = True
+        if self.state == DRAINING:
+            # Resumes when the cancelled receive's last completion is in.
+            return
+        if self.held is not None or self.heldEnd is not None:
+            # Later, never from inside the caller (which may be the
+            # protocol's own dataReceived).
+            self._deliverLater()
+        elif self.state == IDLE:
+            self.arm()
+
+    def pause(self) -> None:
+        """
+        The protocol wants no data for now.  A receive in flight stays
+        armed (subclasses may cancel it when data does arrive).
+        """
+        if not self.reading:
+            return
+        self.reading = False
+        if self.deliverCall is not None:
+            self.deliverCall.cancel()
+            self.deliverCall = None
+
+    def close(self) -> list[Any] | None:
+        """
+        The transport is closing: cancel the receive in flight (its late
+        completions never reach the protocol) and drop what is held.
+
+        @return: what was held.
+        """
+        op = self.op
+        if op is not None:
+            self.op = None
+            self.driver.ring.cancel(op, late=self.lateAfterClose(op))
+        self.state = CLOSED
+        if self.deliverCall is not None:
+            self.deliverCall.cancel()
+            self.deliverCall = None
+        held, self.held = self.held, None
+        self.heldEnd = None
+        return held
+
+    # -- operations -------------------------------------------------------
+
+    def arm(self) -> None:
+        """
+        Put a receive in flight.
+        """
+        try:
+            fd = self.transport.socket.fileno()
+        except AttributeError:
+            # The connection is gone already.
+            return
+        self.op = self.prepare(fd)
+        self.state = ARMED
+
+    def finished(self) -> None:
+        """
+        The receive in flight has had its final completion.
+        """
+        self.op = None
+        if self.state == ARMED:
+            self.state = IDLE
+
+    def rearm(self) -> None:
+        """
+        After a final completion: receive again if the protocol still wants
+        data and nothing is held.
+        """
+        if (
+            self.state == IDLE
+            and self.reading
+            and self.held is None
+            and not self.transport.disconnected
+        ):
+            self.arm()
+
+    # -- delivery ---------------------------------------------------------
+
+    def deliver(self, data: Any) -> None:
+        """
+        Hand C{data} to the protocol within its log context; an exception
+        from the protocol, or a reason returned, disconnects it, as on
+        epoll.  Every receive strategy delivers through here.
+        """
+        transport = self.transport
+        logContexts = self.driver.logContexts
+        stack = logContexts.stack
+        if stack is None:
+            logContexts.call(transport, self._deliverInContext, data)
+            return
+        # LogContexts.call, inlined: this runs once per read.
+        stack.append(ContextEntry(transport, logContexts.base))
+        try:
+            self._deliverInContext(data)
+        finally:
+            stack.pop()
+
+    def _deliverInContext(self, data: Any) -> None:
+        try:
+            why = self.consume(data)
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+        if why:
+            self.driver.lose(self.transport, why, True)
+
+    def received(self, data: Any) -> None:
+        """
+        A single receive's data: deliver it, or hold it while reading is
+        paused, and keep receiving.
+        """
+        if self.reading:
+            self.deliver(data)
+            self.rearm()
+        else:
+            self.hold(data)
+
+    def hold(self, data: Any) -> None:
+        if self.held is None:
+            self.held = [data]
+        else:
+            self.held.append(data)
+
+    def ended(self, why: BaseException) -> None:
+        """
+        The stream ended (end of file or an error): report it now if the
+        protocol reads, else after the held data.
+        """
+        if self.reading:
+            self.driver.lose(self.transport, why, True)
+        elif self.heldEnd is None:
+            self.heldEnd = why
+
+    def _deliverLater(self) -> None:
+        if self.deliverCall is None:
+            self.deliverCall = self.driver.callLater(0, self._deliverHeld)
+
+    def _deliverHeld(self) -> None:
+        self.deliverCall = None
+        if self.state == DRAINING:
+            return
+        transport = self.transport
+        held = self.held
+        while held and self.reading and not transport.disconnected:
+            self.deliver(held.pop(0))
+        if self.held is not None and not self.held:
+            self.held = None
+        if not self.reading or transport.disconnected or self.held:
+            return
+        if self.heldEnd is not None:
+            why, self.heldEnd = self.heldEnd, None
+            self.driver.lose(transport, why, True)
+        else:
+            self.rearm()
+
+
+class BufferReceiver(Receiver):
+    """
+    One multishot receive into the reactor's provided buffers: armed once,
+    it takes a buffer only when data arrives, so an idle connection holds
+    no memory.  It stays armed while reading is paused (protocols that
+    pause while they work on a request, twisted.web for every request,
+    usually resume before the peer sends more); data that does arrive
+    meanwhile is held and the receive cancelled (C{DRAINING}).
+    """
+
+    __slots__ = ()
+
+    def prepare(self, fd: int) -> Operation:
+        driver = self.driver
+        assert driver.buffers is not None
+        return driver.ring.receiveMultishot(fd, driver.buffers.groupId, self)
+
+    def lateAfterClose(self, op: Operation) -> Any:
+        return self.driver.recycleLate
+
+    def __call__(self, res: int, flags: int) -> None:
+        """
+        A completion of the multishot receive.
+        """
+        if res > 0 and self.reading:
+            # The common case, kept short: this runs once per read.
+            self.deliver(self.driver.buffers.take(flags >> BUFFER_SHIFT, res))  # type: ignore[union-attr]
+            if not flags & F_MORE:
+                self.finished()
+                self.rearm()
+            return
+        buffers: Any = self.driver.buffers
+        if not flags & F_MORE:
+            self.finished()
+        if res > 0:
+            self.hold(buffers.take(flags >> BUFFER_SHIFT, res))
+            if self.state == ARMED and not self.reading:
+                self._pausedData()
+                return
+        elif flags & F_BUFFER:
+            buffers.recycle(flags >> BUFFER_SHIFT)
+        elif res == _ENOBUFS:
+            buffers.shortage()
+        if res <= 0:
+            why = receiveEnd(res)
+            if why is not None:
+                # End of file or an error: the multishot receive has ended.
+                self.ended(why)
+                return
+        # The kernel ended the multishot receive (no buffer was free, or it
+        # chose to): arm it again.  Data already delivered came from
+        # completions that preceded this one, so nothing reorders.
+        self.rearm()
+
+    def _pausedData(self) -> None:
+        """
+        Data arrived while reading is paused: stop the multishot receive,
+        keeping whatever it still delivers for when reading resumes.
+        """
+        op = self.op
+        assert op is not None
+        self.op = None
+        self.state = DRAINING
+        self.driver.ring.cancel(op, late=self._lateWhilePaused)
+
+    def _lateWhilePaused(self, res: int, flags: int) -> None:
+        """
+        A completion of the receive cancelled by L{_pausedData}.
+        """
+        buffers: Any = self.driver.buffers
+        if self.state == CLOSED:
+            self.driver.recycleLate(res, flags)
+            return
+        if res > 0:
+            self.hold(buffers.take(flags >> BUFFER_SHIFT, res))
+        elif flags & F_BUFFER:
+            buffers.recycle(flags >> BUFFER_SHIFT)
+        elif res == _ENOBUFS:
+            buffers.shortage()
+        if flags & F_MORE:
+            return
+        if res <= 0 and res != _ECANCELED:
+            why = receiveEnd(res)
+            if why is not None and self.heldEnd is None:
+                self.heldEnd = why
+        self.state = IDLE
+        if self.reading and not self.transport.disconnected:
+            self._deliverLater()
+
+
+class OwnBufferReceiver(Receiver):
+    """
+    Single receives into a buffer of the receiver's own, one at a time,
+    re-armed after each completion: where the kernel has no provided
+    buffers.  The buffer belongs to the operation while it is in flight;
+    a cancelled one keeps it, and the next receive gets a new one.
+    """
+
+    __slots__ = ("spare",)
+
+    def __init__(self, transport: Any, driver: Driver) -> None:
+        super().__init__(transport, driver)
+        self.spare: Any = None
+
+    def prepare(self, fd: int) -> Operation:
+        buf, self.spare = self.spare, None
+        if buf is None:
+            buf = ffi.new("char[]", RECV_BUFFER_SIZE)
+        return self.driver.ring.receive(fd, buf, RECV_BUFFER_SIZE, self)
+
+    def __call__(self, res: int, flags: int) -> None:
+        """
+        A receive completed.
+        """
+        op = self.op
+        assert op is not None
+        buf = op.memory
+        self.finished()
+        self.spare = buf
+        if res > 0:
+            self.received(_unpack(buf, res))
+            return
+        why = receiveEnd(res)
+        if why is not None:
+            self.ended(why)
+        else:
+            self.rearm()
+
+
+def receiverFor(transport: Any, driver: Driver) -> Receiver:
+    """
+    The receiver for a stream transport: into provided buffers where the
+    reactor has them.
+    """
+    if driver.buffers is not None:
+        return BufferReceiver(transport, driver)
+    return OwnBufferReceiver(transport, driver)

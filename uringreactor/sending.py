@@ -1,0 +1,240 @@
+"""
+The send side of a stream transport.
+
+Writing keeps C{FileDescriptor}'s buffer (C{_tempDataBuffer}, a list of
+C{bytes}) so that C{FileDescriptor.write} and C{writeSequence}, which
+Twisted's TLS layer calls directly, work unchanged.  Once per event-loop
+iteration the reactor asks each transport with pending output to flush,
+and its L{Sender} sends the whole list as one vectored send, without
+joining it.
+
+A sender is C{IDLE} (no send in flight) or C{SENDING}: L{Sender.op} is the
+one send in flight, which owns the pieces it sends until it completes.
+With one send at a time bytes never reorder; a partial send continues
+from where it stopped, and what waits meanwhile is L{Sender.leftover}.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from uringreactor.outcomes import sendFailure
+from uringreactor.ring import Operation
+
+if TYPE_CHECKING:
+    from uringreactor.driver import Driver
+
+# The most buffers one vectored send takes (Linux's IOV_MAX).
+IOV_MAX = 1024
+
+# Buffered output smaller than this goes out as one joined copy rather than
+# a vectored send: below it the copy is cheaper than building the iovec.
+_JOIN_BELOW = 16384
+
+# Output up to this size, from the only transport writing in an iteration,
+# is sent with send() rather than through the ring (see Sender.send).
+_DIRECT_BELOW = 65536
+
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+
+
+def coalesce(pieces: list[Any], length: int) -> list[Any]:
+    """
+    Join runs of small pieces, keep large ones as they are.
+
+    Small writes are common (twisted.web writes a response as a dozen or two
+    pieces) and for them one small copy is cheaper than an iovec entry each;
+    more than 8 iovec entries also make the kernel allocate and may move the
+    send off the fast path.  Large pieces go to the kernel uncopied.
+    """
+    if length <= _JOIN_BELOW:
+        return [b"".join(pieces)]
+    out: list[Any] = []
+    run: list[Any] = []
+    for piece in pieces:
+        if len(piece) >= _JOIN_BELOW:
+            if run:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            out.append(piece)
+        else:
+            run.append(piece)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
+
+
+def remainder(pieces: list[Any], sent: int) -> list[Any]:
+    """
+    What is left of C{pieces} once C{sent} bytes of them have gone.
+    """
+    index = 0
+    for index, piece in enumerate(pieces):  # noqa: B007
+        size = len(piece)
+        if sent < size:
+            break
+        sent -= size
+    rest = pieces[index:]
+    if sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
+
+
+class Sender:
+    """
+    Sends for one stream transport (see the module's docstring).
+
+    @ivar transport: the transport, an L{uringreactor.handle.CompletionIO}.
+    @ivar op: the send in flight, or L{None}.
+    @ivar length: its length.
+    @ivar leftover: pieces waiting for it (the rest of a partial send, or
+        what did not fit in one vectored send), or L{None}.
+    @ivar leftoverLength: their length.
+    """
+
+    __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
+
+    def __init__(self, transport: Any, driver: Driver) -> None:
+        self.transport = transport
+        self.driver = driver
+        self.op: Operation | None = None
+        self.length = 0
+        self.leftover: list[Any] | None = None
+        self.leftoverLength = 0
+
+    @property
+    def pending(self) -> int:
+        """
+        The bytes given to the sender and not sent yet.
+        """
+        return self.length + self.leftoverLength
+
+    def flush(self) -> bool:
+        """
+        Send what the transport buffered, after what waited already; or, if
+        nothing is left, conclude (C{FileDescriptor.doWrite}'s end).
+
+        @return: C{True} if application code ran.
+        """
+        if self.op is not None:
+            # _sent asks for another flush when this one is in.
+            return False
+        transport = self.transport
+        pieces = self.leftover
+        length = self.leftoverLength
+        if transport._tempDataBuffer:
+            if pieces is None:
+                pieces = transport._tempDataBuffer
+            else:
+                pieces.extend(transport._tempDataBuffer)
+            length += transport._tempDataLen
+            transport._tempDataBuffer = []
+            transport._tempDataLen = 0
+        if not pieces:
+            self.leftover = None
+            self.leftoverLength = 0
+            transport._drained()
+            return True
+        if len(pieces) > IOV_MAX:
+            self.leftover = pieces[IOV_MAX:]
+            pieces = pieces[:IOV_MAX]
+            sendLength = sum(map(len, pieces))
+            self.leftoverLength = length - sendLength
+            length = sendLength
+        else:
+            self.leftover = None
+            self.leftoverLength = 0
+        return self.send(pieces, length)
+
+    def send(self, pieces: list[Any], length: int) -> bool:
+        """
+        Send C{pieces} (C{length} bytes in all).
+
+        @return: C{True} if it was sent at once and that ran application
+            code (see L{flush}).
+        """
+        driver = self.driver
+        transport = self.transport
+        if len(pieces) > 1:
+            pieces = coalesce(pieces, length)
+        if driver.sendDirectly and len(pieces) == 1 and length <= _DIRECT_BELOW:
+            # The only transport with output this iteration (a
+            # request-response exchange): one send() now costs the same
+            # system call as the io_uring_enter that would submit it, and
+            # saves its completion, which would otherwise wake the loop
+            # once more before the next request.
+            try:
+                sent = transport.socket.send(pieces[0], _MSG_NOSIGNAL)
+            except OSError as e:
+                why = sendFailure(e.errno or 0)
+                if why is not None:
+                    driver.lose(transport, why, False)
+                    return True
+                sent = 0
+            if sent == length:
+                return self.sent(length, length, pieces)
+            pieces = remainder(pieces, sent)
+            length -= sent
+        self.op = driver.ring.send(transport.fileno(), pieces, length, self)
+        self.length = length
+        return False
+
+    def __call__(self, res: int, flags: int) -> bool:
+        """
+        The send in flight completed.
+
+        @return: C{True} if that ran application code.
+        """
+        op = self.op
+        assert op is not None
+        length = self.length
+        self.op = None
+        self.length = 0
+        return self.sent(res, length, op.memory[0])
+
+    def sent(self, res: int, length: int, pieces: list[Any]) -> bool:
+        """
+        C{res} bytes (or an error) of a send of C{length} bytes from
+        C{pieces} have gone: send the rest, or conclude.
+
+        @return: C{True} if that ran application code.
+        """
+        transport = self.transport
+        if res == length:
+            if self.leftover or transport._tempDataBuffer:
+                transport.startWriting()
+                return False
+            return transport._allSent()  # type: ignore[no-any-return]
+        if res < 0:
+            why = sendFailure(-res)
+            if why is None:
+                self.requeue(pieces, length)
+                return False
+            self.driver.lose(transport, why, False)
+            return True
+        self.requeue(remainder(pieces, res), length - res)
+        return False
+
+    def requeue(self, pieces: list[Any], length: int) -> None:
+        """
+        Send C{pieces} first, at the next flush.
+        """
+        if self.leftover:
+            pieces.extend(self.leftover)
+        self.leftover = pieces
+        self.leftoverLength += length
+        self.transport.startWriting()
+
+    def close(self) -> None:
+        """
+        The transport is closing: cancel the send in flight (its memory
+        stays the kernel's until it completes) and drop what waits.
+        """
+        op = self.op
+        if op is not None:
+            self.op = None
+            self.driver.ring.cancel(op)
+        self.length = 0
+        self.leftover = None
+        self.leftoverLength = 0
