@@ -25,8 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from tests.conftest import requireFeature, run, sleep
 from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi
+from uringreactor.bufferring import HANDOVER
 from uringreactor.reactor import IOUringReactor
-from uringreactor.ring import HANDOVER
 
 # struct io_uring_buf: addr, len, bid, and (in entry 0) the ring's tail.
 _ENTRY = struct.Struct("=QIHH")

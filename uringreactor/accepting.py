@@ -13,8 +13,8 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from twisted.python import failure, log
 
+from uringreactor.operations import F_MORE, Operation
 from uringreactor.outcomes import ACCEPT_AGAIN, ACCEPT_EXHAUSTED
-from uringreactor.ring import F_MORE, Operation
 
 # How long a port waits before accepting again after running out of
 # resources.

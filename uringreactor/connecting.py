@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import error
 
-from uringreactor.ring import Operation
+from uringreactor.operations import Operation
 
 
 class PollConnecting:

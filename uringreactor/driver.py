@@ -26,8 +26,10 @@ from typing import Any
 
 from twisted.python import failure, log
 
+from uringreactor.bufferring import BufferRing
 from uringreactor.logcontext import LogContexts
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, BufferRing, Ring
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER
+from uringreactor.ring import Ring
 
 
 class Driver:

@@ -39,9 +39,11 @@ from zope.interface import implementer
 
 from uringreactor import tcp, udp, unix
 from uringreactor._liburing import lib
+from uringreactor.bufferring import BufferRing
 from uringreactor.driver import Driver
 from uringreactor.features import Features
-from uringreactor.ring import BufferRing, Operation, Ring
+from uringreactor.operations import Operation
+from uringreactor.ring import Ring
 
 _log = Logger()
 

@@ -41,8 +41,8 @@ from twisted.python import log
 
 from uringreactor._liburing import ffi
 from uringreactor.logcontext import ContextEntry
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 from uringreactor.outcomes import receiveEnd
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 
 if TYPE_CHECKING:
     from uringreactor.driver import Driver

@@ -4,28 +4,9 @@ The ring: one io_uring instance and the table of operations the kernel owns.
 Model
 =====
 
-Every operation submitted to the kernel is an L{Operation}: its
-C{user_data} tag (allocated by the C call that prepares it; the C side keeps
-a table of the tags in flight, so that a ring released without its loop can
-cancel each of them), the handler its completions go to, a callable
-C{handler(res, flags)}, and everything the kernel may read or write for it
-(Python buffers, cffi memory).  L{Ring.ops} maps each tag to its operation
-for exactly as long as the kernel owns it: until the last completion for
-the tag arrives (for multishot operations, the first completion without
-C{IORING_CQE_F_MORE}).  So whatever the kernel touches is alive while it
-may touch it, whoever else lets go of it.
-
-Only this module prepares operations: the transports ask the ring for a
-receive, a send, an accept, a poll or a message operation
-(L{Ring.receive}, L{Ring.send}, ...), give it the handler and the memory,
-and get the L{Operation} back, to cancel it if need be.
-
-Cancellation is asynchronous.  L{Ring.cancel} swaps the operation's handler
-for a L{_Cancelled} record, which knows how to clean up after a late
-completion (a socket accepted after all, a provided buffer to give back),
-and queues an C{ASYNC_CANCEL}.  The operation keeps its memory until its
-final completion; its former owner never hears of it again: no completion
-reaches a closed transport.
+Every operation the kernel owns is an L{uringreactor.operations.Operation}
+in the ring's table (L{Ring.ops}) until its last completion: see
+L{uringreactor.operations} for the model of ownership and cancellation.
 
 Submission is batched.  Preparing an operation only fills in an SQE; the
 event loop hands all of them to the kernel in the same C{io_uring_enter} that
@@ -46,39 +27,17 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from twisted.logger import Logger
 
-from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi, lib
 from uringreactor.errors import explainSetupError, memlockLimit
 from uringreactor.features import Features
+from uringreactor.operations import F_MORE, Preparing, _Cancelled
 
 _log = Logger()
-
-Handler = Callable[[int, int], object]
-
-KIND_POLL = lib.UR_KIND_POLL
-KIND_ACCEPT = lib.UR_KIND_ACCEPT
-KIND_RECV = lib.UR_KIND_RECV
-KIND_SEND = lib.UR_KIND_SEND
-
-_prepPoll = lib.ur_prep_poll
-_prepAccept = lib.ur_prep_accept
-_prepRecv = lib.ur_prep_recv
-_prepRecvMultishot = lib.ur_prep_recv_multishot
-_prepSend = lib.ur_prep_send
-_prepSendv = lib.ur_prep_sendv
-_fromBuffer = ffi.from_buffer
-_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
-_MSGHDR_SIZE = lib.ur_msghdr_size()
-_ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-
-F_MORE = lib.IORING_CQE_F_MORE
-F_BUFFER = lib.IORING_CQE_F_BUFFER
-BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
 
 # The smallest submission queue a ring is reduced to when the locked-memory
 # limit has no room for the size asked for.
@@ -89,70 +48,9 @@ _REAP_BATCH = 512
 _CQE = struct.Struct("=QiI")
 assert _CQE.size == ffi.sizeof("struct ur_cqe")
 
-# Receives of at least this many bytes hand their provided buffer over as
-# the bytes object the protocol gets instead of copying out of it.  Shorter
-# ones are copied: a copy of a few KiB costs about what allocating the
-# replacement buffer does, and leaves no buffer-sized block split in the
-# heap.  (With 4 KiB messages, thresholds of 1, 8 and 32 KiB measured alike.)
-HANDOVER = 8192
-
 # io_uring_enter results that only mean "nothing more this time": a timeout,
 # a signal, completions to reap first (EBUSY), a transient shortage.
 _ENTER_TRANSIENT = frozenset((-errno.ETIME, -errno.EINTR, -errno.EBUSY, -errno.EAGAIN))
-
-
-class Operation:
-    """
-    One operation the kernel owns, from its preparation to its last
-    completion.
-
-    @ivar tag: its C{user_data}.
-    @ivar handler: called as C{handler(res, flags)} for each completion.
-    @ivar memory: everything the kernel may read or write for it, kept
-        alive by this object, which the ring's table keeps alive until the
-        last completion.
-    """
-
-    __slots__ = ("tag", "handler", "memory")
-
-    def __init__(self, handler: Handler, memory: Any) -> None:
-        self.tag = 0
-        self.handler = handler
-        self.memory = memory
-
-    def __repr__(self) -> str:
-        return f"<Operation {self.tag:#x} {self.handler!r}>"
-
-
-class _Cancelled:
-    """
-    Stands in for the handler of a cancelled operation until its final
-    completion.
-
-    @ivar late: called as C{late(res, flags)} for each completion that still
-        arrives, to release what it carries; or L{None}.
-    """
-
-    __slots__ = ("late", "ring")
-
-    def __init__(self, ring: Ring, late: Handler | None) -> None:
-        self.ring = ring
-        self.late = late
-
-    def __call__(self, res: int, flags: int) -> None:
-        if not flags & F_MORE:
-            self.ring._cancelling -= 1
-        if self.late is not None:
-            self.late(res, flags)
-
-
-def submissionError(rc: int) -> OSError:
-    """
-    The error for a preparation that failed with C{rc} (a negative errno):
-    no free SQE after a submission (C{EBUSY}), no memory for the table of
-    operations (C{ENOMEM}), an argument the C side refused (C{EINVAL}).
-    """
-    return OSError(-rc, "io_uring submission: " + os.strerror(-rc))
 
 
 def _checkEnter(rc: int) -> None:
@@ -181,94 +79,13 @@ def _releaseRing(ringPtr: Any, bufferRings: list[Any]) -> None:
         buffers.release()
 
 
-class BufferRing:
-    """
-    A ring of provided buffers registered with the kernel under one buffer
-    group: receive operations select a buffer when data arrives, so a
-    connection with nothing to read holds no memory.
-
-    Buffers go into circulation as the kernel needs them: C{circulating} (at
-    least one) at first, twice as many each time a receive finds none free
-    (L{shortage}), up to C{count}.  The kernel takes buffers in the order
-    they were given back, so each one in circulation is written once per
-    lap; a set no larger than the reads in flight need stays in the CPU's
-    caches, where sweeping all of them would make every large read miss.
-
-    Long reads are not copied (L{uringreactor._buffers}): a buffer that
-    receives one becomes a bytes object, and the next long read into it is
-    handed to the protocol as that very object, a fresh one taking its
-    place.  Short reads are copied out.
-
-    @ivar bufferSize: the size of each buffer.
-    @ivar count: how many buffers there can be.
-    @ivar take: C{take(bufferId, length) -> bytes}, the first C{length}
-        bytes of buffer C{bufferId}, which a completion has just filled; the
-        buffer (or its replacement) goes back to the kernel.
-    @ivar view: C{view(bufferId, length) -> memoryview}, those bytes in
-        place, to parse before giving the buffer back with C{recycle}.
-    @ivar recycle: C{recycle(bufferId)}, give a buffer back unread.
-
-    (The last three are the C methods themselves, bound once: one call each
-    on the receive path.)
-    """
-
-    def __init__(
-        self,
-        ring: Ring,
-        count: int,
-        bufferSize: int,
-        groupId: int,
-        circulating: int,
-    ):
-        self._ring = ring
-        self._br = ffi.new("struct ur_bufring *")
-        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
-        if rc < 0:
-            raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
-        self._buffers = Buffers(
-            int(ffi.cast("uintptr_t", self._br.br)),
-            int(ffi.cast("uintptr_t", self._br.base)),
-            count,
-            bufferSize,
-            HANDOVER,
-        )
-        # Registered before the first buffer circulates: from here on the
-        # ring's release frees the entries, then the buffers.
-        ring._bufferRings.append((self._br, self._buffers))
-        self._buffers.grow(min(circulating, count))
-        self.groupId = groupId
-        self.bufferSize = bufferSize
-        self.count = count
-        self._grownAt = -1
-        self.take = self._buffers.take
-        self.view = self._buffers.view
-        self.recycle = self._buffers.recycle
-
-    @property
-    def circulating(self) -> int:
-        """
-        How many buffers the kernel may fill.
-        """
-        return self._buffers.circulating
-
-    def shortage(self) -> None:
-        """
-        A receive found no buffer: double the buffers in circulation, once
-        per event-loop iteration however many receives ran short in it.
-        """
-        enters = self._ring._ptr.enters
-        if enters != self._grownAt:
-            self._grownAt = enters
-            self._buffers.grow(self._buffers.circulating)
-
-
-class Ring:
+class Ring(Preparing):
     """
     An io_uring instance, the operations in flight on it, and the counters
     that describe its use.
 
     @ivar ops: maps the C{user_data} of each operation the kernel owns to the
-        L{Operation}.
+        L{uringreactor.operations.Operation}.
     @ivar features: the optional features in use on this ring.
     """
 
@@ -292,11 +109,10 @@ class Ring:
         if "spin_wait" in features:
             self._ptr.spin_max_ns = features.spinMicroseconds * 1000
             self._ptr.spin_ns = self._ptr.spin_max_ns
-        self.ops: dict[int, Operation] = {}
+        self.ops = {}
         self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
         self._cqeView = memoryview(ffi.buffer(self._cqes))
         self._pendingCloses: list[socket.socket | int] = []
-        # Cancelled operations whose final completion has not arrived yet.
         self._cancelling = 0
         # Completions reaped while settling, for their owners' next dispatch.
         self._deferred: list[tuple[int, int, int]] = []
@@ -422,204 +238,6 @@ class Ring:
                     f"{errno.errorcode.get(-rc, str(-rc))}",
                 )
 
-    # -- operations -----------------------------------------------------
-
-    def _own(self, ud: int, handler: Handler, memory: Any) -> Operation:
-        """
-        Record the operation just prepared: C{ud} is what the
-        C{lib.ur_prep_*} call returned, its tag or a negative errno (which
-        raises, and then the kernel never saw the memory).
-        """
-        if ud < 0:
-            raise submissionError(ud)
-        op = Operation(handler, memory)
-        op.tag = ud
-        self.ops[ud] = op
-        return op
-
-    def poll(self, fd: int, mask: int, handler: Handler) -> Operation:
-        """
-        A one-shot poll of C{fd} for the events in C{mask}.
-        """
-        return self._own(_prepPoll(self._ptr, fd, mask, 0, KIND_POLL), handler, None)
-
-    def accept(self, fd: int, multishot: bool, handler: Handler) -> Operation:
-        """
-        Accept connections on the listening socket C{fd}: one, or (multishot)
-        each as it comes; the accepted sockets are non-blocking and
-        close-on-exec.
-        """
-        return self._own(
-            _prepAccept(
-                self._ptr, fd, ffi.NULL, ffi.NULL, _ACCEPT_FLAGS, multishot, KIND_ACCEPT
-            ),
-            handler,
-            None,
-        )
-
-    def receive(self, fd: int, buffer: Any, size: int, handler: Handler) -> Operation:
-        """
-        One receive from C{fd} into C{buffer} (cffi memory of C{size}
-        bytes), which the operation owns until it completes.
-        """
-        return self._own(
-            _prepRecv(self._ptr, fd, buffer, size, 0, KIND_RECV), handler, buffer
-        )
-
-    def receiveMultishot(self, fd: int, groupId: int, handler: Handler) -> Operation:
-        """
-        Receives from C{fd}, each into a buffer of the provided group
-        C{groupId} (which outlives every operation: the ring frees it only
-        after the kernel has let go), until an error or end of file ends it.
-        """
-        return self._own(
-            _prepRecvMultishot(self._ptr, fd, groupId, 0, KIND_RECV), handler, None
-        )
-
-    def send(
-        self, fd: int, pieces: list[Any], length: int, handler: Handler
-    ) -> Operation:
-        """
-        Send C{pieces} (bytes-like objects, C{length} bytes in all) on the
-        stream socket C{fd} as one operation, vectored if there are several.
-        The operation's memory starts with C{pieces}.
-        """
-        ptr = self._ptr
-        if len(pieces) == 1:
-            piece = pieces[0]
-            if type(piece) is bytes:
-                # Passed as it is: the kernel reads the object's own storage,
-                # which stays put while the operation holds the object.
-                memory: Any = (pieces,)
-                ud = _prepSend(ptr, fd, piece, length, _MSG_NOSIGNAL, KIND_SEND)
-            else:
-                buf = _fromBuffer(piece)
-                memory = (pieces, buf)
-                ud = _prepSend(ptr, fd, buf, length, _MSG_NOSIGNAL, KIND_SEND)
-        else:
-            count = len(pieces)
-            iov = ffi.new("struct iovec[]", count)
-            buffers = []
-            for i, piece in enumerate(pieces):
-                buf = _fromBuffer(piece)
-                buffers.append(buf)
-                entry = iov[i]
-                entry.iov_base = buf
-                entry.iov_len = len(piece)
-            msg = ffi.new("char[]", _MSGHDR_SIZE)
-            memory = (pieces, buffers, iov, msg)
-            ud = _prepSendv(ptr, fd, iov, count, msg, _MSG_NOSIGNAL, KIND_SEND)
-        # _own, inlined: this runs once per send.
-        if ud < 0:
-            raise submissionError(ud)
-        op = Operation(handler, memory)
-        op.tag = ud
-        self.ops[ud] = op
-        return op
-
-    def receiveMessage(
-        self,
-        fd: int,
-        msg: Any,
-        buffer: Any,
-        size: int,
-        nameSize: int,
-        controlSize: int,
-        groupId: int,
-        handler: Handler,
-    ) -> Operation:
-        """
-        One recvmsg from C{fd} with the header C{msg} (a C{struct ur_msg},
-        L{uringreactor.messages.newMessage}): the data into C{buffer}
-        (C{size} bytes) or, for C{buffer} L{None}, into a buffer of the
-        provided group C{groupId} (at most C{size} bytes); room for a source
-        address of C{nameSize} bytes and control data of C{controlSize}
-        bytes.  The operation's memory is C{(msg, buffer)}.
-        """
-        return self._own(
-            lib.ur_prep_recvmsg_into(
-                self._ptr,
-                fd,
-                msg,
-                buffer if buffer is not None else ffi.NULL,
-                size,
-                nameSize,
-                controlSize,
-                groupId,
-                KIND_RECV,
-            ),
-            handler,
-            (msg, buffer),
-        )
-
-    def receiveMessages(
-        self, fd: int, msg: Any, nameSize: int, groupId: int, handler: Handler
-    ) -> Operation:
-        """
-        Multishot recvmsg from the datagram socket C{fd} with the header
-        C{msg}: each datagram lands in a buffer of the provided group
-        C{groupId}, after the C{io_uring_recvmsg_out} header and C{nameSize}
-        bytes for its source address.  The operation's memory is C{msg}.
-        """
-        return self._own(
-            lib.ur_prep_recvmsg_multishot(
-                self._ptr, fd, msg, nameSize, 0, groupId, KIND_RECV
-            ),
-            handler,
-            msg,
-        )
-
-    def sendMessage(
-        self,
-        fd: int,
-        data: bytes,
-        name: bytes | None,
-        passDescriptor: int,
-        flags: int,
-        linked: bool,
-        handler: Handler,
-    ) -> Operation:
-        """
-        One sendmsg of C{data} on C{fd}: to the address C{name} (a C{struct
-        sockaddr}) unless L{None}, with the descriptor C{passDescriptor}
-        (C{SCM_RIGHTS}) unless it is -1; C{linked} to the operation prepared
-        next, which the kernel then starts only once this one has succeeded.
-        """
-        msg = ffi.new("struct ur_msg *")
-        return self._own(
-            lib.ur_prep_sendmsg_to(
-                self._ptr,
-                fd,
-                msg,
-                data,
-                len(data),
-                name if name is not None else ffi.NULL,
-                len(name) if name is not None else 0,
-                passDescriptor,
-                flags,
-                linked,
-                KIND_SEND,
-            ),
-            handler,
-            (msg, data, name),
-        )
-
-    def cancel(self, op: Operation, late: Handler | None = None) -> bool:
-        """
-        Cancel C{op}: its owner will not hear of it again; its memory stays
-        alive until its final completion.
-
-        @param late: called for completions that still arrive, to release
-            what they carry (see L{_Cancelled}).
-        @return: C{True} if the operation was still in flight.
-        """
-        if self.ops.get(op.tag) is not op or op.handler.__class__ is _Cancelled:
-            return False
-        op.handler = _Cancelled(self, late)
-        self._cancelling += 1
-        self._check(lib.ur_prep_cancel(self._ptr, op.tag))
-        return True
-
     def closeAfterSubmit(
         self, skt: socket.socket | int, immediately: bool = False
     ) -> None:
@@ -673,10 +291,6 @@ class Ring:
             self._pendingCloses = []
             for skt in pending:
                 self._close(skt)
-
-    def _check(self, rc: int) -> None:
-        if rc < 0:
-            raise submissionError(rc)
 
     # -- the loop -------------------------------------------------------
 
@@ -844,3 +458,6 @@ class Ring:
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
+
+
+__all__ = ["Ring"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
+from uringreactor.operations import Operation
 from uringreactor.outcomes import sendFailure
-from uringreactor.ring import Operation
 
 if TYPE_CHECKING:
     from uringreactor.driver import Driver

@@ -56,8 +56,8 @@ from uringreactor.messages import (
     newMessage,
     receivedName,
 )
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 from uringreactor.outcomes import DATAGRAM_RECEIVE_AGAIN
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 
 # Largest UDP payloads: 65535 less the IPv4 and UDP headers, and less the
 # UDP header alone for IPv6 (without jumbograms).

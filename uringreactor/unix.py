@@ -39,9 +39,9 @@ from uringreactor.messages import (
     newMessage,
     receivedControl,
 )
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, Operation
 from uringreactor.outcomes import receiveEnd
 from uringreactor.receiving import RECV_BUFFER_SIZE, Receiver
-from uringreactor.ring import BUFFER_SHIFT, F_BUFFER, Operation
 from uringreactor.sending import Sender
 
 _ENOBUFS = -errno.ENOBUFS

@@ -1,0 +1,103 @@
+"""
+The provided receive buffers of a ring: one buffer group that receive
+operations take a buffer from when data arrives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from uringreactor._buffers import Buffers
+from uringreactor._liburing import ffi, lib
+
+if TYPE_CHECKING:
+    from uringreactor.ring import Ring
+
+# Receives of at least this many bytes hand their provided buffer over as
+# the bytes object the protocol gets instead of copying out of it.  Shorter
+# ones are copied: a copy of a few KiB costs about what allocating the
+# replacement buffer does, and leaves no buffer-sized block split in the
+# heap.  (With 4 KiB messages, thresholds of 1, 8 and 32 KiB measured alike.)
+HANDOVER = 8192
+
+
+class BufferRing:
+    """
+    A ring of provided buffers registered with the kernel under one buffer
+    group: receive operations select a buffer when data arrives, so a
+    connection with nothing to read holds no memory.
+
+    Buffers go into circulation as the kernel needs them: C{circulating} (at
+    least one) at first, twice as many each time a receive finds none free
+    (L{shortage}), up to C{count}.  The kernel takes buffers in the order
+    they were given back, so each one in circulation is written once per
+    lap; a set no larger than the reads in flight need stays in the CPU's
+    caches, where sweeping all of them would make every large read miss.
+
+    Long reads are not copied (L{uringreactor._buffers}): a buffer that
+    receives one becomes a bytes object, and the next long read into it is
+    handed to the protocol as that very object, a fresh one taking its
+    place.  Short reads are copied out.
+
+    @ivar bufferSize: the size of each buffer.
+    @ivar count: how many buffers there can be.
+    @ivar take: C{take(bufferId, length) -> bytes}, the first C{length}
+        bytes of buffer C{bufferId}, which a completion has just filled; the
+        buffer (or its replacement) goes back to the kernel.
+    @ivar view: C{view(bufferId, length) -> memoryview}, those bytes in
+        place, to parse before giving the buffer back with C{recycle}.
+    @ivar recycle: C{recycle(bufferId)}, give a buffer back unread.
+
+    (The last three are the C methods themselves, bound once: one call each
+    on the receive path.)
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        count: int,
+        bufferSize: int,
+        groupId: int,
+        circulating: int,
+    ):
+        self._ring = ring
+        self._br = ffi.new("struct ur_bufring *")
+        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
+        if rc < 0:
+            raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
+        self._buffers = Buffers(
+            int(ffi.cast("uintptr_t", self._br.br)),
+            int(ffi.cast("uintptr_t", self._br.base)),
+            count,
+            bufferSize,
+            HANDOVER,
+        )
+        # Registered before the first buffer circulates: from here on the
+        # ring's release frees the entries, then the buffers.
+        ring._bufferRings.append((self._br, self._buffers))
+        self._buffers.grow(min(circulating, count))
+        self.groupId = groupId
+        self.bufferSize = bufferSize
+        self.count = count
+        self._grownAt = -1
+        self.take = self._buffers.take
+        self.view = self._buffers.view
+        self.recycle = self._buffers.recycle
+
+    @property
+    def circulating(self) -> int:
+        """
+        How many buffers the kernel may fill.
+        """
+        return self._buffers.circulating
+
+    def shortage(self) -> None:
+        """
+        A receive found no buffer: double the buffers in circulation, once
+        per event-loop iteration however many receives ran short in it.
+        """
+        enters = self._ring._ptr.enters
+        if enters != self._grownAt:
+            self._grownAt = enters
+            self._buffers.grow(self._buffers.circulating)

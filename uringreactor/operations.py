@@ -1,0 +1,325 @@
+"""
+Operations: what the kernel owns, and how the ring prepares it.
+
+Every operation submitted to the kernel is an L{Operation}: its
+C{user_data} tag (allocated by the C call that prepares it; the C side keeps
+a table of the tags in flight, so that a ring released without its loop can
+cancel each of them), the handler its completions go to, a callable
+C{handler(res, flags)}, and everything the kernel may read or write for it
+(Python buffers, cffi memory).  The ring's table (C{Ring.ops}) maps each
+tag to its operation for exactly as long as the kernel owns it: until the
+last completion for the tag arrives (for multishot operations, the first
+completion without C{IORING_CQE_F_MORE}).  So whatever the kernel touches
+is alive while it may touch it, whoever else lets go of it.
+
+Only L{Preparing}, which the ring is, prepares operations: the transports
+ask the ring for a receive, a send, an accept, a poll or a message
+operation (C{ring.receive}, C{ring.send}, ...), give it the handler and the
+memory, and get the L{Operation} back, to cancel it if need be.
+
+Cancellation is asynchronous.  L{Preparing.cancel} swaps the operation's
+handler for a L{_Cancelled} record, which knows how to clean up after a
+late completion (a socket accepted after all, a provided buffer to give
+back), and queues an C{ASYNC_CANCEL}.  The operation keeps its memory until
+its final completion; its former owner never hears of it again: no
+completion reaches a closed transport.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from uringreactor._liburing import ffi, lib
+
+Handler = Callable[[int, int], object]
+
+KIND_POLL = lib.UR_KIND_POLL
+KIND_ACCEPT = lib.UR_KIND_ACCEPT
+KIND_RECV = lib.UR_KIND_RECV
+KIND_SEND = lib.UR_KIND_SEND
+
+F_MORE = lib.IORING_CQE_F_MORE
+F_BUFFER = lib.IORING_CQE_F_BUFFER
+BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
+
+_prepPoll = lib.ur_prep_poll
+_prepAccept = lib.ur_prep_accept
+_prepRecv = lib.ur_prep_recv
+_prepRecvMultishot = lib.ur_prep_recv_multishot
+_prepSend = lib.ur_prep_send
+_prepSendv = lib.ur_prep_sendv
+_fromBuffer = ffi.from_buffer
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_MSGHDR_SIZE = lib.ur_msghdr_size()
+_ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+class Operation:
+    """
+    One operation the kernel owns, from its preparation to its last
+    completion.
+
+    @ivar tag: its C{user_data}.
+    @ivar handler: called as C{handler(res, flags)} for each completion.
+    @ivar memory: everything the kernel may read or write for it, kept
+        alive by this object, which the ring's table keeps alive until the
+        last completion.
+    """
+
+    __slots__ = ("tag", "handler", "memory")
+
+    def __init__(self, handler: Handler, memory: Any) -> None:
+        self.tag = 0
+        self.handler = handler
+        self.memory = memory
+
+    def __repr__(self) -> str:
+        return f"<Operation {self.tag:#x} {self.handler!r}>"
+
+
+class _Cancelled:
+    """
+    Stands in for the handler of a cancelled operation until its final
+    completion.
+
+    @ivar late: called as C{late(res, flags)} for each completion that still
+        arrives, to release what it carries; or L{None}.
+    """
+
+    __slots__ = ("late", "ring")
+
+    def __init__(self, ring: Preparing, late: Handler | None) -> None:
+        self.ring = ring
+        self.late = late
+
+    def __call__(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self.ring._cancelling -= 1
+        if self.late is not None:
+            self.late(res, flags)
+
+
+def submissionError(rc: int) -> OSError:
+    """
+    The error for a preparation that failed with C{rc} (a negative errno):
+    no free SQE after a submission (C{EBUSY}), no memory for the table of
+    operations (C{ENOMEM}), an argument the C side refused (C{EINVAL}).
+    """
+    return OSError(-rc, "io_uring submission: " + os.strerror(-rc))
+
+
+class Preparing:
+    """
+    The operations a ring prepares (mixed into L{uringreactor.ring.Ring}).
+
+    @ivar ops: maps the C{user_data} of each operation the kernel owns to the
+        L{Operation}.
+    """
+
+    _ptr: Any
+    ops: dict[int, Operation]
+    # Cancelled operations whose final completion has not arrived yet.
+    _cancelling: int
+
+    def _own(self, ud: int, handler: Handler, memory: Any) -> Operation:
+        """
+        Record the operation just prepared: C{ud} is what the
+        C{lib.ur_prep_*} call returned, its tag or a negative errno (which
+        raises, and then the kernel never saw the memory).
+        """
+        if ud < 0:
+            raise submissionError(ud)
+        op = Operation(handler, memory)
+        op.tag = ud
+        self.ops[ud] = op
+        return op
+
+    def poll(self, fd: int, mask: int, handler: Handler) -> Operation:
+        """
+        A one-shot poll of C{fd} for the events in C{mask}.
+        """
+        return self._own(_prepPoll(self._ptr, fd, mask, 0, KIND_POLL), handler, None)
+
+    def accept(self, fd: int, multishot: bool, handler: Handler) -> Operation:
+        """
+        Accept connections on the listening socket C{fd}: one, or (multishot)
+        each as it comes; the accepted sockets are non-blocking and
+        close-on-exec.
+        """
+        return self._own(
+            _prepAccept(
+                self._ptr, fd, ffi.NULL, ffi.NULL, _ACCEPT_FLAGS, multishot, KIND_ACCEPT
+            ),
+            handler,
+            None,
+        )
+
+    def receive(self, fd: int, buffer: Any, size: int, handler: Handler) -> Operation:
+        """
+        One receive from C{fd} into C{buffer} (cffi memory of C{size}
+        bytes), which the operation owns until it completes.
+        """
+        return self._own(
+            _prepRecv(self._ptr, fd, buffer, size, 0, KIND_RECV), handler, buffer
+        )
+
+    def receiveMultishot(self, fd: int, groupId: int, handler: Handler) -> Operation:
+        """
+        Receives from C{fd}, each into a buffer of the provided group
+        C{groupId} (which outlives every operation: the ring frees it only
+        after the kernel has let go), until an error or end of file ends it.
+        """
+        return self._own(
+            _prepRecvMultishot(self._ptr, fd, groupId, 0, KIND_RECV), handler, None
+        )
+
+    def send(
+        self, fd: int, pieces: list[Any], length: int, handler: Handler
+    ) -> Operation:
+        """
+        Send C{pieces} (bytes-like objects, C{length} bytes in all) on the
+        stream socket C{fd} as one operation, vectored if there are several.
+        The operation's memory starts with C{pieces}.
+        """
+        ptr = self._ptr
+        if len(pieces) == 1:
+            piece = pieces[0]
+            if type(piece) is bytes:
+                # Passed as it is: the kernel reads the object's own storage,
+                # which stays put while the operation holds the object.
+                memory: Any = (pieces,)
+                ud = _prepSend(ptr, fd, piece, length, _MSG_NOSIGNAL, KIND_SEND)
+            else:
+                buf = _fromBuffer(piece)
+                memory = (pieces, buf)
+                ud = _prepSend(ptr, fd, buf, length, _MSG_NOSIGNAL, KIND_SEND)
+        else:
+            count = len(pieces)
+            iov = ffi.new("struct iovec[]", count)
+            buffers = []
+            for i, piece in enumerate(pieces):
+                buf = _fromBuffer(piece)
+                buffers.append(buf)
+                entry = iov[i]
+                entry.iov_base = buf
+                entry.iov_len = len(piece)
+            msg = ffi.new("char[]", _MSGHDR_SIZE)
+            memory = (pieces, buffers, iov, msg)
+            ud = _prepSendv(ptr, fd, iov, count, msg, _MSG_NOSIGNAL, KIND_SEND)
+        # _own, inlined: this runs once per send.
+        if ud < 0:
+            raise submissionError(ud)
+        op = Operation(handler, memory)
+        op.tag = ud
+        self.ops[ud] = op
+        return op
+
+    def receiveMessage(
+        self,
+        fd: int,
+        msg: Any,
+        buffer: Any,
+        size: int,
+        nameSize: int,
+        controlSize: int,
+        groupId: int,
+        handler: Handler,
+    ) -> Operation:
+        """
+        One recvmsg from C{fd} with the header C{msg} (a C{struct ur_msg},
+        L{uringreactor.messages.newMessage}): the data into C{buffer}
+        (C{size} bytes) or, for C{buffer} L{None}, into a buffer of the
+        provided group C{groupId} (at most C{size} bytes); room for a source
+        address of C{nameSize} bytes and control data of C{controlSize}
+        bytes.  The operation's memory is C{(msg, buffer)}.
+        """
+        return self._own(
+            lib.ur_prep_recvmsg_into(
+                self._ptr,
+                fd,
+                msg,
+                buffer if buffer is not None else ffi.NULL,
+                size,
+                nameSize,
+                controlSize,
+                groupId,
+                KIND_RECV,
+            ),
+            handler,
+            (msg, buffer),
+        )
+
+    def receiveMessages(
+        self, fd: int, msg: Any, nameSize: int, groupId: int, handler: Handler
+    ) -> Operation:
+        """
+        Multishot recvmsg from the datagram socket C{fd} with the header
+        C{msg}: each datagram lands in a buffer of the provided group
+        C{groupId}, after the C{io_uring_recvmsg_out} header and C{nameSize}
+        bytes for its source address.  The operation's memory is C{msg}.
+        """
+        return self._own(
+            lib.ur_prep_recvmsg_multishot(
+                self._ptr, fd, msg, nameSize, 0, groupId, KIND_RECV
+            ),
+            handler,
+            msg,
+        )
+
+    def sendMessage(
+        self,
+        fd: int,
+        data: bytes,
+        name: bytes | None,
+        passDescriptor: int,
+        flags: int,
+        linked: bool,
+        handler: Handler,
+    ) -> Operation:
+        """
+        One sendmsg of C{data} on C{fd}: to the address C{name} (a C{struct
+        sockaddr}) unless L{None}, with the descriptor C{passDescriptor}
+        (C{SCM_RIGHTS}) unless it is -1; C{linked} to the operation prepared
+        next, which the kernel then starts only once this one has succeeded.
+        """
+        msg = ffi.new("struct ur_msg *")
+        return self._own(
+            lib.ur_prep_sendmsg_to(
+                self._ptr,
+                fd,
+                msg,
+                data,
+                len(data),
+                name if name is not None else ffi.NULL,
+                len(name) if name is not None else 0,
+                passDescriptor,
+                flags,
+                linked,
+                KIND_SEND,
+            ),
+            handler,
+            (msg, data, name),
+        )
+
+    def cancel(self, op: Operation, late: Handler | None = None) -> bool:
+        """
+        Cancel C{op}: its owner will not hear of it again; its memory stays
+        alive until its final completion.
+
+        @param late: called for completions that still arrive, to release
+            what they carry (see L{_Cancelled}).
+        @return: C{True} if the operation was still in flight.
+        """
+        if self.ops.get(op.tag) is not op or op.handler.__class__ is _Cancelled:
+            return False
+        op.handler = _Cancelled(self, late)
+        self._cancelling += 1
+        self._check(lib.ur_prep_cancel(self._ptr, op.tag))
+        return True
+
+    def _check(self, rc: int) -> None:
+        if rc < 0:
+            raise submissionError(rc)
