@@ -123,7 +123,8 @@ def echoOnly(reactor: str) -> bool:
 
 def _pin(cpu: int) -> Any:
     def preexec() -> None:
-        if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > cpu:
+        cpus = os.cpu_count()
+        if hasattr(os, "sched_setaffinity") and cpus and cpus > cpu:
             os.sched_setaffinity(0, {cpu})
 
     return preexec

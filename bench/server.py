@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
+from typing import Any
 
 
 def _installTwisted(name: str) -> None:
@@ -45,6 +45,7 @@ def _installTwisted(name: str) -> None:
     elif name in ("asyncio", "uvloop"):
         import asyncio
 
+        loop: asyncio.AbstractEventLoop
         if name == "uvloop":
             import uvloop
 
@@ -148,6 +149,7 @@ def runPlain(name: str, app: str, port: int) -> None:
         raise SystemExit(f"{name} only serves the echo app")
     import asyncio
 
+    loop: asyncio.AbstractEventLoop
     if name == "uvloop-plain":
         import uvloop
 
@@ -163,7 +165,7 @@ def runPlain(name: str, app: str, port: int) -> None:
         def data_received(self, data: bytes) -> None:
             self.transport.write(data)  # type: ignore[attr-defined]
 
-    server = loop.run_until_complete(
+    server: Any = loop.run_until_complete(
         loop.create_server(Echo, "127.0.0.1", port, backlog=4096)
     )
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
@@ -195,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

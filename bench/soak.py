@@ -111,9 +111,8 @@ def main() -> int:
         for job in jobs:
             out, _ = job.communicate()
             if job.returncode != 0:
-                problems.append(
-                    f"round {rounds}: {job.args[0]} exited {job.returncode}"
-                )
+                program = str(job.args[0])  # type: ignore[index]
+                problems.append(f"round {rounds}: {program} exited {job.returncode}")
             if out.startswith("{"):
                 result = json.loads(out)
                 if (

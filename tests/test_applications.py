@@ -34,11 +34,11 @@ def test_dnsServerOverUdpAndTcp(uring: IOUringReactor) -> None:
     class Zone(authority.FileAuthority):
         def __init__(self) -> None:
             authority.FileAuthority.__init__(self, "example.test")
-            self.soa = (
+            self.soa = (  # type: ignore[assignment]
                 b"example.test",
                 dns.Record_SOA(mname=b"ns.example.test", rname=b"root.example.test"),
             )
-            self.records = records
+            self.records = records  # type: ignore[assignment]
 
     @inlineCallbacks
     def work() -> Any:

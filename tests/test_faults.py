@@ -448,7 +448,7 @@ def _many(reactor: Any, port: int, payloads: list[bytes]) -> Any:
                     self.got.callback(self.buf)
 
         f = ClientFactory()
-        f.buildProtocol = lambda addr, p=payload, g=got: Once(p, g)  # type: ignore[misc]
+        f.buildProtocol = lambda addr, p=payload, g=got: Once(p, g)  # type: ignore[method-assign]
         reactor.connectTCP("127.0.0.1", port, f)
         ds.append(got)
     return gatherResults(ds)
@@ -614,7 +614,7 @@ def test_randomTeardownRaces() -> None:
             for _ in range(150):
                 c = Chatty()
                 cf = ClientFactory()
-                cf.buildProtocol = lambda addr, c=c: c  # type: ignore[misc]
+                cf.buildProtocol = lambda addr, c=c: c  # type: ignore[method-assign]
                 reactor.connectTCP("127.0.0.1", port.getHost().port, cf)
                 clients.append(c)
             actions = [rng.choice(["lose", "abort", "none"]) for _ in clients]

@@ -260,7 +260,7 @@ def test_gigabyteToAPeerThatStopsReading(uring: IOUringReactor) -> None:
             self.transport.registerProducer(p, True)
             p.resumeProducing()
 
-    got = {"bytes": 0, "hash": hashlib.sha256()}
+    got: dict[str, Any] = {"bytes": 0, "hash": hashlib.sha256()}
     reading = threading.Event()
 
     def reader(port: int) -> None:

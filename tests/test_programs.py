@@ -178,8 +178,8 @@ def test_twistdWebServesFilesToCurl(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"twistd did not stop on SIGINT:\n{out}") from None
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"twistd did not stop on SIGINT:\n{output}") from None
         log = proc.stdout.read().decode() if proc.stdout else ""
     finally:
         if proc.poll() is None:

@@ -188,10 +188,12 @@ def test_hundredMegabytesByteExact(uring: Any, direction: str) -> None:
             sender, receiver = server, client
         receiver.hash = hashlib.sha256()
         receiver.count = 0
-        receiver.dataReceived = lambda data: (
-            receiver.hash.update(data),
-            setattr(receiver, "count", receiver.count + len(data)),
-        )
+
+        def counted(data: bytes) -> None:
+            receiver.hash.update(data)
+            receiver.count += len(data)
+
+        receiver.dataReceived = counted
         blast = Blast(total)
         blast.start(sender.transport)
         yield receiver.done
@@ -509,7 +511,7 @@ def test_tcpOptions(uring: Any) -> None:
         t = client.transport
         t.setTcpNoDelay(True)
         t.setTcpKeepAlive(True)
-        result = (t.getTcpNoDelay(), t.getTcpKeepAlive())
+        result: tuple[Any, ...] = (t.getTcpNoDelay(), t.getTcpKeepAlive())
         t.setTcpNoDelay(False)
         t.setTcpKeepAlive(False)
         result += (t.getTcpNoDelay(), t.getTcpKeepAlive())

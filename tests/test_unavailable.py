@@ -148,7 +148,7 @@ def test_sysctlCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:
     seccomp.
     """
     monkeypatch.setattr(errors, "_disabledSysctl", lambda: "2")
-    message = errors.explainSetupError(errno.EPERM).strerror
+    message = errors.explainSetupError(errno.EPERM).strerror or ""
     assert "kernel.io_uring_disabled is 2" in message
     assert "sysctl -w kernel.io_uring_disabled=0" in message
 
@@ -279,7 +279,7 @@ def test_memlockExhaustionExplained() -> None:
 
 def test_oldKernelCauseNamed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(errors, "_kernelAtLeast", lambda major, minor: False)
-    message = errors.explainSetupError(errno.ENOSYS).strerror
+    message = errors.explainSetupError(errno.ENOSYS).strerror or ""
     assert "too old" in message
 
 

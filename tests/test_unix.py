@@ -163,7 +163,7 @@ def test_undeliveredDescriptorsAreClosed(anyReactor: Any, tmp_path: Any) -> None
         # receive already in flight to complete.
         yield sleep(anyReactor, 0.2)
         lost: Deferred[None] = Deferred()
-        client.connectionLost = lambda reason: lost.callback(None)  # type: ignore[method-assign]
+        client.connectionLost = lambda reason: lost.callback(None)  # type: ignore[method-assign,assignment]
         client.transport.abortConnection()
         yield lost
         server.transport.loseConnection()
