@@ -3,8 +3,9 @@ cffi build script for C{uringreactor._liburing}, the binding to liburing.
 
 The C lives in C{uringreactor/c/}: C{ring.c} (the ring, submission, waiting,
 reaping, the table of operations in flight), C{ops.c} (preparing
-operations), C{bufring.c} (the provided-buffer ring's registration),
-C{probe.c} (what the running kernel can do).  What Python may call is
+operations), C{probe.c} (what the running kernel can do).  The provided-buffer ring
+belongs to the other extension, C{uringreactor._buffers}, which maps,
+registers and frees it given the ring's descriptor.  What Python may call is
 declared once, below.
 
 The binding is deliberately small.  Python never touches a submission or
@@ -80,14 +81,6 @@ struct ur_cqe {
 };
 
 struct io_uring_buf_ring { ...; };
-struct ur_bufring {
-    struct io_uring_buf_ring *br;
-    char *base;
-    unsigned nbufs;
-    unsigned bufsize;
-    int bgid;
-    ...;
-};
 
 int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
                  unsigned flags);
@@ -140,9 +133,6 @@ unsigned char *ur_msg_control(struct ur_msg *m);
 
 void ur_raise_malloc_thresholds(size_t size);
 
-int ur_bufring_setup(struct ur_ring *r, struct ur_bufring *b, unsigned nbufs,
-                     unsigned bufsize, int bgid);
-void ur_bufring_free(struct ur_ring *r, struct ur_bufring *b);
 
 struct ur_probe {
     unsigned ring_features;
@@ -163,7 +153,6 @@ const char *ur_liburing_version(void);
 SOURCES = [
     "uringreactor/c/ring.c",
     "uringreactor/c/ops.c",
-    "uringreactor/c/bufring.c",
     "uringreactor/c/probe.c",
 ]
 
@@ -190,7 +179,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "uringreactor._liburing",
-    '#include "ring.h"\n#include "ops.h"\n#include "bufring.h"\n#include "probe.h"\n',
+    '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n',
     sources=SOURCES,
     include_dirs=["uringreactor/c"],
     libraries=["uring"],

@@ -3,15 +3,16 @@ The provided buffers (L{uringreactor._buffers}): what goes into the ring's
 entries, which reads are copied and which handed over as bytes objects
 without a copy, and that a handed-over object is never written into again.
 
-The unit tests drive L{Buffers} over plain memory laid out as a buffer ring
-and its area, and play the kernel's part by hand: read an entry, write into
-the memory it points to, report the buffer id.  The last test does the same through the
+The unit tests drive L{Buffers} mapped but not registered with an io_uring,
+and play the kernel's part by hand: read an entry, write into the memory
+it points to, report the buffer id.  The last test does the same through the
 kernel.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -34,23 +35,24 @@ _ENTRY = struct.Struct("=QIHH")
 
 class FakeRing:
     """
-    Memory laid out as a provided-buffer ring with C{count} entries, read
-    the way the kernel reads it, and an area of C{count} buffers of C{size}
-    bytes.
+    The kernel's side of a provided-buffer ring with C{count} entries and
+    C{count} buffers of C{size} bytes, mapped by L{Buffers} and not
+    registered: its entries are read the way the kernel reads them.
     """
 
     def __init__(self, count: int, size: int) -> None:
         self.count = count
         self.size = size
-        self.memory = ffi.new("char[]", _ENTRY.size * count)
-        self.view = ffi.buffer(self.memory)
-        self.address = int(ffi.cast("uintptr_t", self.memory))
-        self.areaMemory = ffi.new("char[]", count * size)
-        self.area = int(ffi.cast("uintptr_t", self.areaMemory))
+        self._buffers = Buffers(-1, 0, count, size, HANDOVER)
+        self.address = self._buffers.ring_address
+        self.area = self._buffers.area_address
+        self.view = memoryview(
+            (ctypes.c_char * (_ENTRY.size * count)).from_address(self.address)
+        ).cast("B")
         self.head = 0
 
     def buffers(self) -> Buffers:
-        return Buffers(self.address, self.area, self.count, self.size, HANDOVER)
+        return self._buffers
 
     def inArea(self, address: int) -> bool:
         return self.area <= address < self.area + self.count * self.size
@@ -213,9 +215,9 @@ def test_badRequestsRaise() -> None:
     """
     ring = FakeRing(4, 4096)
     with pytest.raises(ValueError):
-        Buffers(ring.address, ring.area, 3, 4096, HANDOVER)
+        Buffers(-1, 0, 3, 4096, HANDOVER)
     with pytest.raises(ValueError):
-        Buffers(ring.address, ring.area, 4, 0, HANDOVER)
+        Buffers(-1, 0, 4, 0, HANDOVER)
     buffers = ring.buffers()
     buffers.grow(2)
     with pytest.raises(IndexError):
@@ -313,3 +315,36 @@ def test_handedOverDataIsNeverOverwritten() -> None:
         handedOver += sum(len(p) >= HANDOVER for p in pieces)
     assert handedOver > 0
     reactor._ring.close()
+
+
+def test_registrationFailureIsAnOSError() -> None:
+    """
+    A descriptor that is no io_uring, or a group id already registered on
+    the ring, is refused by the kernel: an C{OSError} with its errno, and
+    nothing left mapped or registered.
+    """
+    from uringreactor.ring import Ring
+
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as notRing:
+            Buffers(r, 0, 4, 4096, HANDOVER)
+        assert notRing.value.errno is not None
+    finally:
+        os.close(r)
+        os.close(w)
+    ring = Ring(entries=8)
+    try:
+        requireFeature(ring.features, "buf_ring")
+        first = Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+        with pytest.raises(OSError) as taken:
+            Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+        assert taken.value.errno == errno.EEXIST
+        first.unregister()
+        # The group is free again.
+        second = Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+        second.unregister()
+        second.release()
+        first.release()
+    finally:
+        ring.close()

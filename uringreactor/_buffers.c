@@ -2,9 +2,14 @@
  * uringreactor._buffers: the buffers of the provided-buffer ring, and the
  * bytes objects that long reads become without a copy.
  *
- * Every buffer starts in an area the cffi module maps (ur_bufring_setup),
- * which costs memory only where the kernel writes.  A read out of the area
- * is copied into a new bytes object, and the buffer goes straight back.
+ * A Buffers object owns a provided-buffer ring whole: it maps the ring's
+ * entries and an area of `count` buffers, registers the ring with the
+ * io_uring under its group id, fills the entries, and unregisters and
+ * unmaps it.  liburing 2.3 lacks io_uring_setup_buf_ring, which does the
+ * same.  Every buffer starts in the area; the kernel touches only the pages
+ * it writes, so buffers that never circulate, and the parts of buffers
+ * short reads never reach, cost no memory.  A read out of the area is
+ * copied into a new bytes object, and the buffer goes straight back.
  *
  * A buffer that receives a long read (at least `handover` bytes) is then
  * replaced by a bytes object of the same size: the ring's entry points to
@@ -16,13 +21,16 @@
  * small messages, allocates nothing.
  *
  * This is the one piece of the binding that needs the CPython C API (cffi
- * cannot make or return Python objects); the ring itself, its registration
- * and every operation stay in the cffi module.  From liburing it uses only
- * the inline helpers that fill the ring's entries.
+ * cannot make or return Python objects); the io_uring itself and every
+ * operation stay in the cffi module, which hands over only the ring's
+ * descriptor.  From liburing it uses only the inline helpers that fill the
+ * ring's entries; registering is one io_uring_register system call.
  *
  * Lifetime: the kernel may write into any buffer in circulation until the
- * ring is unregistered, so the objects stay in `slots` until release(),
- * which the owner calls only after unregistering.  An object leaves
+ * ring is unregistered or the io_uring closed, so the objects and the area
+ * stay until release(), which the owner calls only after that; a Buffers
+ * object collected while still registered leaks its memory rather than
+ * free it under the kernel.  An object leaves
  * `slots` only after the completion that filled it, when the kernel no
  * longer holds it, and never while something else references it (a view
  * from view()).
@@ -30,11 +38,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <liburing.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 typedef struct {
     PyObject_HEAD
     struct io_uring_buf_ring *br;
     char *area;               /* buffer bid starts at area + bid * size */
+    int ring_fd;              /* the io_uring registered with, or -1 */
+    int group;                /* the buffer group id */
     PyObject **slots;         /* buffer bid's bytes object, or NULL: area */
     unsigned count;           /* buffer ids 0 .. count-1 may exist */
     unsigned circulating;     /* ids 0 .. circulating-1 are the kernel's */
@@ -100,46 +115,102 @@ static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
     return 0;
 }
 
+static size_t entries_bytes(unsigned count)
+{
+    return (size_t)count * sizeof(struct io_uring_buf);
+}
+
+static void unmap(Buffers *self)
+{
+    if (self->br != NULL)
+        munmap(self->br, entries_bytes(self->count));
+    if (self->area != NULL)
+        munmap(self->area, (size_t)self->count * (size_t)self->size);
+    self->br = NULL;
+    self->area = NULL;
+}
+
+static int io_uring_register_call(int fd, unsigned opcode, void *arg)
+{
+    return (int)syscall(__NR_io_uring_register, fd, opcode, arg, 1);
+}
+
 static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"ring_address", "area_address", "count", "size",
-                            "handover", NULL};
-    unsigned long long address, area;
+    static char *names[] = {"ring_fd", "group", "count", "size", "handover",
+                            NULL};
+    int ring_fd, group;
     unsigned count;
     Py_ssize_t size, handover;
     Buffers *self;
+    struct io_uring_buf_reg reg;
+    void *mem;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKInn", names, &address,
-                                     &area, &count, &size, &handover))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiInn", names, &ring_fd,
+                                     &group, &count, &size, &handover))
         return NULL;
-    if (address == 0 || area == 0 || count == 0 || (count & (count - 1)) ||
-        count > 32768) {
+    if (count == 0 || (count & (count - 1)) || count > 32768) {
         PyErr_SetString(PyExc_ValueError,
-                        "a buffer ring needs an address and a power of two "
-                        "of at most 32768 entries");
+                        "a buffer ring needs a power of two of at most 32768 "
+                        "entries");
         return NULL;
     }
     if (size <= 0 || size > UINT_MAX) {
         PyErr_SetString(PyExc_ValueError, "bad buffer size");
         return NULL;
     }
+    if (group < 0 || group > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, "bad buffer group id");
+        return NULL;
+    }
     self = (Buffers *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->ring_fd = -1;
+    self->group = group;
+    self->count = count;
+    self->mask = io_uring_buf_ring_mask(count);
+    self->size = size;
+    self->handover = handover < 1 ? 1 : handover;
     self->slots = PyMem_Calloc(count, sizeof(PyObject *));
     if (self->slots == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    self->br = (struct io_uring_buf_ring *)(uintptr_t)address;
-    self->area = (char *)(uintptr_t)area;
-    self->count = count;
-    self->mask = io_uring_buf_ring_mask(count);
-    self->size = size;
-    self->handover = handover < 1 ? 1 : handover;
+    /* The entries are shared, not private: the kernel pins these pages
+     * when the ring is registered, and a fork (twistd daemonizing after the
+     * reactor is built) would give the child private copies of pinned
+     * pages, so the buffers it gives back would never reach the kernel. */
+    mem = mmap(NULL, entries_bytes(count), PROT_READ | PROT_WRITE,
+               MAP_ANONYMOUS | MAP_SHARED, -1, 0);
+    if (mem == MAP_FAILED)
+        goto os_error;
+    self->br = (struct io_uring_buf_ring *)mem;
+    mem = mmap(NULL, (size_t)count * (size_t)size, PROT_READ | PROT_WRITE,
+               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED)
+        goto os_error;
+    self->area = (char *)mem;
+    io_uring_buf_ring_init(self->br);
+    if (ring_fd >= 0) {
+        memset(&reg, 0, sizeof(reg));
+        reg.ring_addr = (unsigned long)(uintptr_t)self->br;
+        reg.ring_entries = count;
+        reg.bgid = (unsigned short)group;
+        if (io_uring_register_call(ring_fd, IORING_REGISTER_PBUF_RING, &reg) < 0)
+            goto os_error;
+        self->ring_fd = ring_fd;
+    }
     return (PyObject *)self;
+
+os_error:
+    PyErr_SetFromErrno(PyExc_OSError);
+    Py_DECREF(self);
+    return NULL;
 }
 
+/* Drop the objects and unmap the memory: only once the kernel can no
+ * longer write into them. */
 static void release(Buffers *self)
 {
     unsigned i;
@@ -149,13 +220,16 @@ static void release(Buffers *self)
         Py_CLEAR(self->slots[i]);
     PyMem_Free(self->slots);
     self->slots = NULL;
-    self->br = NULL;
-    self->area = NULL;
+    unmap(self);
 }
 
 static void Buffers_dealloc(Buffers *self)
 {
-    release(self);
+    if (self->ring_fd < 0)
+        release(self);
+    /* Else still registered: the kernel may write into the memory, which
+     * is leaked rather than freed under it (the owner unregisters first,
+     * so this happens only if it failed to). */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -268,18 +342,50 @@ static PyObject *Buffers_recycle(Buffers *self, PyObject *arg)
 
 PyDoc_STRVAR(release_doc,
 "release()\n\n"
-"Free every buffer.  Only once the kernel can no longer write into them:\n"
-"after their ring has been unregistered or the io_uring closed.");
+"Free every buffer and the ring's memory.  Only once the kernel can no\n"
+"longer write into them: after unregister() or the io_uring's close.");
 
 static PyObject *Buffers_release(Buffers *self, PyObject *Py_UNUSED(unused))
 {
+    /* The caller vouches that the kernel is done (the ring unregistered or
+     * the io_uring closed). */
+    self->ring_fd = -1;
     release(self);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(unregister_doc,
+"unregister()\n\n"
+"Unregister the ring from its io_uring: the kernel takes no buffer from\n"
+"it any more.  Then release() may free them.");
+
+static PyObject *Buffers_unregister(Buffers *self, PyObject *Py_UNUSED(unused))
+{
+    struct io_uring_buf_reg reg;
+    int fd = self->ring_fd;
+    if (fd < 0)
+        Py_RETURN_NONE;
+    self->ring_fd = -1;
+    memset(&reg, 0, sizeof(reg));
+    reg.bgid = (unsigned short)self->group;
+    if (io_uring_register_call(fd, IORING_UNREGISTER_PBUF_RING, &reg) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
 static PyObject *Buffers_circulating(Buffers *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromUnsignedLong(self->circulating);
+}
+
+static PyObject *Buffers_ring_address(Buffers *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromVoidPtr(self->br);
+}
+
+static PyObject *Buffers_area_address(Buffers *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromVoidPtr(self->area);
 }
 
 static PyMethodDef Buffers_methods[] = {
@@ -289,6 +395,8 @@ static PyMethodDef Buffers_methods[] = {
     {"view", (PyCFunction)(void (*)(void))Buffers_view, METH_FASTCALL,
      view_doc},
     {"recycle", (PyCFunction)Buffers_recycle, METH_O, recycle_doc},
+    {"unregister", (PyCFunction)Buffers_unregister, METH_NOARGS,
+     unregister_doc},
     {"release", (PyCFunction)Buffers_release, METH_NOARGS, release_doc},
     {NULL}
 };
@@ -296,15 +404,20 @@ static PyMethodDef Buffers_methods[] = {
 static PyGetSetDef Buffers_getset[] = {
     {"circulating", (getter)Buffers_circulating, NULL,
      "How many buffers the kernel may fill.", NULL},
+    {"ring_address", (getter)Buffers_ring_address, NULL,
+     "Where the ring's entries are (for tests that play the kernel).", NULL},
+    {"area_address", (getter)Buffers_area_address, NULL,
+     "Where the area the buffers start in is.", NULL},
     {NULL}
 };
 
 PyDoc_STRVAR(Buffers_doc,
-"Buffers(ring_address, area_address, count, size, handover)\n\n"
-"The buffers of a registered provided-buffer ring (`ring_address`, with\n"
-"`count` entries), `size` bytes each, starting in the area at\n"
-"`area_address`; none circulates until grow().  A buffer that received a\n"
-"read of at least `handover` bytes becomes a bytes object, handed over\n"
+"Buffers(ring_fd, group, count, size, handover)\n\n"
+"A provided-buffer ring of `count` entries registered with the io_uring\n"
+"`ring_fd` as buffer group `group` (with a ring_fd of -1 it is mapped but\n"
+"not registered, for tests that play the kernel's part), and its buffers,\n"
+"`size` bytes each; none circulates until grow().  A buffer that received\n"
+"a read of at least `handover` bytes becomes a bytes object, handed over\n"
 "without a copy by the next such read.");
 
 static PyTypeObject BuffersType = {

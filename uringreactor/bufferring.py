@@ -5,11 +5,9 @@ operations take a buffer from when data arrives.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from uringreactor._buffers import Buffers
-from uringreactor._liburing import ffi, lib
 
 if TYPE_CHECKING:
     from uringreactor.ring import Ring
@@ -62,20 +60,14 @@ class BufferRing:
         circulating: int,
     ):
         self._ring = ring
-        self._br = ffi.new("struct ur_bufring *")
-        rc = lib.ur_bufring_setup(ring._ptr, self._br, count, bufferSize, groupId)
-        if rc < 0:
-            raise OSError(-rc, "provided buffer ring: " + os.strerror(-rc))
-        self._buffers = Buffers(
-            int(ffi.cast("uintptr_t", self._br.br)),
-            int(ffi.cast("uintptr_t", self._br.base)),
-            count,
-            bufferSize,
-            HANDOVER,
-        )
-        # Registered before the first buffer circulates: from here on the
-        # ring's release frees the entries, then the buffers.
-        ring._bufferRings.append((self._br, self._buffers))
+        try:
+            self._buffers = Buffers(ring.fileno, groupId, count, bufferSize, HANDOVER)
+        except OSError as e:
+            raise OSError(e.errno, f"provided buffer ring: {e.strerror}") from None
+        # Adopted before the first buffer circulates: from here on the
+        # ring's release unregisters them, closes the io_uring, then frees
+        # them.
+        ring.adoptBuffers(self._buffers)
         self._buffers.grow(min(circulating, count))
         self.groupId = groupId
         self.bufferSize = bufferSize
@@ -97,7 +89,7 @@ class BufferRing:
         A receive found no buffer: double the buffers in circulation, once
         per event-loop iteration however many receives ran short in it.
         """
-        enters = self._ring._ptr.enters
+        enters = self._ring.enters
         if enters != self._grownAt:
             self._grownAt = enters
             self._buffers.grow(self._buffers.circulating)

@@ -32,6 +32,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi, lib
 from uringreactor.errors import explainSetupError, memlockLimit
 from uringreactor.features import Features
@@ -71,11 +72,15 @@ def _releaseRing(ringPtr: Any, bufferRings: list[Any]) -> None:
             "releasing the ring",
             count=outstanding,
         )
-    for entries, _ in bufferRings:
-        lib.ur_bufring_free(ringPtr, entries)
+    for buffers in bufferRings:
+        try:
+            buffers.unregister()
+        except OSError:
+            # Closing the io_uring below lets go of them all the same.
+            pass
     lib.ur_ring_exit(ringPtr)
     # Only now can nothing write into the buffers.
-    for _, buffers in bufferRings:
+    for buffers in bufferRings:
         buffers.release()
 
 
@@ -117,7 +122,7 @@ class Ring(Preparing):
         # Completions reaped while settling, for their owners' next dispatch.
         self._deferred: list[tuple[int, int, int]] = []
         self._started = False
-        self._bufferRings: list[Any] = []
+        self._bufferRings: list[Buffers] = []
         self._finalizer = weakref.finalize(
             self, _releaseRing, self._ptr, self._bufferRings
         )
@@ -401,7 +406,22 @@ class Ring(Preparing):
             if not self._cancelling or time.monotonic() >= deadline:
                 return
 
+    def adoptBuffers(self, buffers: Buffers) -> None:
+        """
+        Release C{buffers}, a provided-buffer ring registered with this
+        io_uring, with it: unregistered before it closes, freed after.
+        """
+        self._bufferRings.append(buffers)
+
     # -- introspection --------------------------------------------------
+
+    @property
+    def enters(self) -> int:
+        """
+        How many times the loop may have entered the kernel so far: one
+        event-loop iteration each, roughly.
+        """
+        return int(self._ptr.enters)
 
     @property
     def inFlight(self) -> int:
