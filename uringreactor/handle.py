@@ -188,7 +188,14 @@ class CompletionIO(_Host):
             self._maybePauseProducer()  # type: ignore[attr-defined]
         self._writing = True
         if not self._flushQueued:
-            self._queueFlush()
+            # _queueFlush, inlined: this runs once per request.
+            self._flushQueued = True
+            driver = self.reactor._driver
+            driver.flushQueue.append(self)
+            if self._sender is None:
+                self._sender = self._newSender(driver)
+            if not self._registered:
+                self._register(driver)
 
     def startWriting(self) -> None:
         """

@@ -176,13 +176,14 @@ class Preparing:
             _prepRecvMultishot(self._ptr, fd, groupId, 0, KIND_RECV), handler, None
         )
 
-    def send(
-        self, fd: int, pieces: list[Any], length: int, handler: Handler
-    ) -> Operation:
+    def send(self, fd: int, pieces: list[Any], length: int, op: Operation) -> None:
         """
         Send C{pieces} (bytes-like objects, C{length} bytes in all) on the
-        stream socket C{fd} as one operation, vectored if there are several.
-        The operation's memory starts with C{pieces}.
+        stream socket C{fd} as one operation, vectored if there are several,
+        carried by C{op}: an operation object not in flight (a sender, which
+        has one send in flight at a time, reuses one for all of them and so
+        allocates nothing per send), whose handler gets the completion.  The
+        operation's memory starts with C{pieces}.
         """
         ptr = self._ptr
         if len(pieces) == 1:
@@ -212,10 +213,9 @@ class Preparing:
         # _own, inlined: this runs once per send.
         if ud < 0:
             raise submissionError(ud)
-        op = Operation(handler, memory)
+        op.memory = memory
         op.tag = ud
         self.ops[ud] = op
-        return op
 
     def receiveMessage(
         self,

@@ -214,14 +214,22 @@ class Receiver:
         if stack is None:
             logContexts.call(transport, self._deliverInContext, data)
             return
-        # LogContexts.call, inlined: this runs once per read.
+        # LogContexts.call and _deliverInContext, inlined: this runs once
+        # per read.
         stack.append(ContextEntry(transport, logContexts.base))
         try:
-            self._deliverInContext(data)
+            try:
+                why = self.consume(data)
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+            if why:
+                self.driver.lose(transport, why, True)
         finally:
             stack.pop()
 
     def _deliverInContext(self, data: Any) -> None:
+        # deliver's body where another context tracker is in use.
         try:
             why = self.consume(data)
         except BaseException:

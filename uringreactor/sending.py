@@ -86,19 +86,30 @@ class Sender:
     Sends for one stream transport (see the module's docstring).
 
     @ivar transport: the transport, an L{uringreactor.handle.CompletionIO}.
-    @ivar op: the send in flight, or L{None}.
+    @ivar op: the send in flight, or L{None}.  A plain send is always
+        carried by the same operation object (L{_carrier}), which the ring
+        holds only while it is in flight; cancelling gives it up for good.
     @ivar length: its length.
     @ivar leftover: pieces waiting for it (the rest of a partial send, or
         what did not fit in one vectored send), or L{None}.
     @ivar leftoverLength: their length.
     """
 
-    __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
+    __slots__ = (
+        "transport",
+        "driver",
+        "op",
+        "_carrier",
+        "length",
+        "leftover",
+        "leftoverLength",
+    )
 
     def __init__(self, transport: Any, driver: Driver) -> None:
         self.transport = transport
         self.driver = driver
         self.op: Operation | None = None
+        self._carrier: Operation | None = Operation(self, None)
         self.length = 0
         self.leftover: list[Any] | None = None
         self.leftoverLength = 0
@@ -176,7 +187,10 @@ class Sender:
                 return self.sent(length, length, pieces)
             pieces = remainder(pieces, sent)
             length -= sent
-        self.op = driver.ring.send(transport.fileno(), pieces, length, self)
+        op = self._carrier
+        assert op is not None, "a closed transport's sender sends nothing"
+        driver.ring.send(transport.fileno(), pieces, length, op)
+        self.op = op
         self.length = length
         return False
 
@@ -191,7 +205,10 @@ class Sender:
         length = self.length
         self.op = None
         self.length = 0
-        return self.sent(res, length, op.memory[0])
+        pieces = op.memory[0]
+        # The kernel is done with it.
+        op.memory = None
+        return self.sent(res, length, pieces)
 
     def sent(self, res: int, length: int, pieces: list[Any]) -> bool:
         """
@@ -204,6 +221,15 @@ class Sender:
         if res == length:
             if self.leftover or transport._tempDataBuffer:
                 transport.startWriting()
+                return False
+            if (
+                transport.producer is None
+                and not transport.disconnecting
+                and not transport._writeDisconnecting
+            ):
+                # Drained, and nobody waits for that (_allSent, inlined:
+                # this runs once per request).
+                transport._writing = False
                 return False
             return transport._allSent()  # type: ignore[no-any-return]
         if res < 0:
@@ -234,7 +260,10 @@ class Sender:
         op = self.op
         if op is not None:
             self.op = None
+            # Its memory stays with it, in the ring's table, until the
+            # kernel lets go; it never carries another send.
             self.driver.ring.cancel(op)
+        self._carrier = None
         self.length = 0
         self.leftover = None
         self.leftoverLength = 0
