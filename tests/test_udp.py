@@ -289,3 +289,35 @@ def test_datagramsWrittenBeforeStopListeningAllLeave(anyReactor: Any) -> None:
 
     received = run(anyReactor, work, timeout=30)
     assert [data for data, _ in received] == [b"%d" % i for i in range(count)]
+
+
+def test_resumedReceiveNeverSharesACancelledOnesMemory(uring: IOUringReactor) -> None:
+    """
+    Pausing a port cancels its receive, which the kernel may still complete
+    into that receive's memory; the receive armed when reading resumes has
+    memory of its own, and datagrams still arrive whole and in order.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        receiver = Record()
+        rport = uring.listenUDP(0, receiver, interface="127.0.0.1")
+        sport = uring.listenUDP(0, Record(), interface="127.0.0.1")
+        address = ("127.0.0.1", rport.getHost().port)
+        shared = []
+        for i in range(20):
+            cancelled = rport._recvOp
+            rport.stopReading()
+            rport.startReading()
+            resumed = rport._recvOp
+            assert cancelled is not None and resumed is not None
+            shared.append(resumed.memory is cancelled.memory)
+            sport.write(b"datagram %d" % i, address)
+            yield receiver.expect(i + 1)
+        yield rport.stopListening()
+        yield sport.stopListening()
+        return shared, [data for data, _ in receiver.received]
+
+    shared, received = run(uring, work, timeout=20)
+    assert not any(shared)
+    assert received == [b"datagram %d" % i for i in range(20)]
