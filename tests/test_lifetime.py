@@ -347,6 +347,7 @@ def test_socketsStayOpenWhileSubmissionStopsEarly() -> None:
     submitted too, or a new socket could take its number and the queued
     receive would read the new socket's data.
     """
+    from uringreactor.operations import Operation
     from uringreactor.ring import Ring
 
     ring = Ring()
@@ -360,7 +361,10 @@ def test_socketsStayOpenWhileSubmissionStopsEarly() -> None:
     # A descriptor number no process has open.
     ring.poll(999_999, select.POLLIN, lambda res, flags: polls.append(res))
     ring.receive(
-        first.fileno(), cbuf, 64, lambda res, flags: completions.append((res, flags))
+        first.fileno(),
+        cbuf,
+        64,
+        Operation(lambda res, flags: completions.append((res, flags)), None),
     )
     ring.closeAfterSubmit(first)
     ring.enter(0)
@@ -417,6 +421,7 @@ def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
     meanwhile could take its number and the receive would read the new
     socket's data.
     """
+    from uringreactor.operations import Operation
     from uringreactor.ring import Ring
 
     ring = Ring()
@@ -427,7 +432,10 @@ def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
 
     cbuf = ffi.from_buffer(buf)
     ring.receive(
-        first.fileno(), cbuf, 64, lambda res, flags: completions.append((res, flags))
+        first.fileno(),
+        cbuf,
+        64,
+        Operation(lambda res, flags: completions.append((res, flags)), None),
     )
     number = first.fileno()
     ring.closeAfterSubmit(first)

@@ -19,6 +19,7 @@ from uringreactor.features import (
     Features,
     spinMicroseconds,
 )
+from uringreactor.operations import Operation
 from uringreactor.ring import Ring
 
 # The task-running modes a ring can be in, as URINGREACTOR_DISABLE values.
@@ -46,7 +47,9 @@ class _Receiver:
         self.local, self.remote = socket.socketpair()
         self.buffer = ffi.new("char[]", 64)
         self.results: list[int] = []
-        op = ring.receive(self.local.fileno(), self.buffer, 64, self._done)
+        op = ring.receive(
+            self.local.fileno(), self.buffer, 64, Operation(self._done, None)
+        )
         assert op.tag > 0
 
     def _done(self, res: int, flags: int) -> None:

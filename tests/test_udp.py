@@ -306,6 +306,9 @@ def test_resumedReceiveNeverSharesACancelledOnesMemory(uring: IOUringReactor) ->
         address = ("127.0.0.1", rport.getHost().port)
         shared = []
         for i in range(20):
+            # Out of datagramReceived (where expect fired), so that the
+            # port has armed its next receive.
+            yield sleep(uring, 0)
             cancelled = rport._recvOp
             rport.stopReading()
             rport.startReading()

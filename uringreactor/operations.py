@@ -77,7 +77,9 @@ class Operation:
         self.memory = memory
 
     def __repr__(self) -> str:
-        return f"<Operation {self.tag:#x} {self.handler!r}>"
+        handler = self.handler
+        what = type(self).__name__ if handler is self else repr(handler)
+        return f"<Operation {self.tag:#x} {what}>"
 
 
 class _Cancelled:
@@ -126,13 +128,22 @@ class Preparing:
 
     def _own(self, ud: int, handler: Handler, memory: Any) -> Operation:
         """
-        Record the operation just prepared: C{ud} is what the
-        C{lib.ur_prep_*} call returned, its tag or a negative errno (which
-        raises, and then the kernel never saw the memory).
+        Record the operation just prepared in a new L{Operation}: C{ud} is
+        what the C{lib.ur_prep_*} call returned, its tag or a negative errno
+        (which raises, and then the kernel never saw the memory).
+        """
+        return self._carry(ud, Operation(handler, memory), memory)
+
+    def _carry(self, ud: int, op: Operation, memory: Any) -> Operation:
+        """
+        Record the operation just prepared in C{op}, an operation object
+        not in flight.  Receivers and senders, which have one operation in
+        flight at a time, are their own carriers or keep one: an operation
+        then costs no allocation.
         """
         if ud < 0:
             raise submissionError(ud)
-        op = Operation(handler, memory)
+        op.memory = memory
         op.tag = ud
         self.ops[ud] = op
         return op
@@ -157,23 +168,23 @@ class Preparing:
             None,
         )
 
-    def receive(self, fd: int, buffer: Any, size: int, handler: Handler) -> Operation:
+    def receive(self, fd: int, buffer: Any, size: int, op: Operation) -> Operation:
         """
         One receive from C{fd} into C{buffer} (cffi memory of C{size}
-        bytes), which the operation owns until it completes.
+        bytes), carried by C{op}, which owns the buffer until it completes.
         """
-        return self._own(
-            _prepRecv(self._ptr, fd, buffer, size, 0, KIND_RECV), handler, buffer
+        return self._carry(
+            _prepRecv(self._ptr, fd, buffer, size, 0, KIND_RECV), op, buffer
         )
 
-    def receiveMultishot(self, fd: int, groupId: int, handler: Handler) -> Operation:
+    def receiveMultishot(self, fd: int, groupId: int, op: Operation) -> Operation:
         """
         Receives from C{fd}, each into a buffer of the provided group
         C{groupId} (which outlives every operation: the ring frees it only
         after the kernel has let go), until an error or end of file ends it.
         """
-        return self._own(
-            _prepRecvMultishot(self._ptr, fd, groupId, 0, KIND_RECV), handler, None
+        return self._carry(
+            _prepRecvMultishot(self._ptr, fd, groupId, 0, KIND_RECV), op, None
         )
 
     def send(self, fd: int, pieces: list[Any], length: int, op: Operation) -> None:
@@ -210,7 +221,7 @@ class Preparing:
             msg = ffi.new("char[]", _MSGHDR_SIZE)
             memory = (pieces, buffers, iov, msg)
             ud = _prepSendv(ptr, fd, iov, count, msg, _MSG_NOSIGNAL, KIND_SEND)
-        # _own, inlined: this runs once per send.
+        # _carry, inlined: this runs once per send.
         if ud < 0:
             raise submissionError(ud)
         op.memory = memory
@@ -226,7 +237,7 @@ class Preparing:
         nameSize: int,
         controlSize: int,
         groupId: int,
-        handler: Handler,
+        op: Operation,
     ) -> Operation:
         """
         One recvmsg from C{fd} with the header C{msg} (a C{struct ur_msg},
@@ -234,9 +245,9 @@ class Preparing:
         (C{size} bytes) or, for C{buffer} L{None}, into a buffer of the
         provided group C{groupId} (at most C{size} bytes); room for a source
         address of C{nameSize} bytes and control data of C{controlSize}
-        bytes.  The operation's memory is C{(msg, buffer)}.
+        bytes; carried by C{op}.  The operation's memory is C{(msg, buffer)}.
         """
-        return self._own(
+        return self._carry(
             lib.ur_prep_recvmsg_into(
                 self._ptr,
                 fd,
@@ -248,24 +259,25 @@ class Preparing:
                 groupId,
                 KIND_RECV,
             ),
-            handler,
+            op,
             (msg, buffer),
         )
 
     def receiveMessages(
-        self, fd: int, msg: Any, nameSize: int, groupId: int, handler: Handler
+        self, fd: int, msg: Any, nameSize: int, groupId: int, op: Operation
     ) -> Operation:
         """
         Multishot recvmsg from the datagram socket C{fd} with the header
         C{msg}: each datagram lands in a buffer of the provided group
         C{groupId}, after the C{io_uring_recvmsg_out} header and C{nameSize}
-        bytes for its source address.  The operation's memory is C{msg}.
+        bytes for its source address; carried by C{op}.  The operation's memory is
+        C{msg}.
         """
-        return self._own(
+        return self._carry(
             lib.ur_prep_recvmsg_multishot(
                 self._ptr, fd, msg, nameSize, 0, groupId, KIND_RECV
             ),
-            handler,
+            op,
             msg,
         )
 

@@ -7,16 +7,20 @@ protocol does not is held and delivered, in order, when it wants data
 again.  Nothing is re-armed while reading is paused, so the kernel's
 receive buffer fills and TCP flow control pushes back on the peer.
 
-Its state is explicit (L{Receiver.state}):
+A receiver has at most one receive in flight, and is itself that
+operation's L{Operation} (its tag, its handler, and the memory the kernel
+writes into), so a receive allocates nothing, and a cancelled receive
+keeps the receiver, with that memory, in the ring's table until its final
+completion.  Its state is explicit (L{Receiver.state}):
 
   - C{IDLE}: no receive in flight;
-  - C{ARMED}: L{Receiver.op} is in flight; its data is delivered while
+  - C{ARMED}: the receive is in flight; its data is delivered while
     reading, held while paused;
   - C{DRAINING}: a multishot receive was cancelled because data arrived
     while reading was paused; its last completions may still bring data,
     which is held too, and nothing is armed until the final one, so data
     cannot reorder;
-  - C{CLOSED}: the transport is gone.
+  - C{CLOSED}: the transport is gone; nothing is armed again.
 
 Held data exists only while no receive is armed (C{IDLE} or
 C{DRAINING}): a receive is armed only once what is held has been
@@ -60,55 +64,55 @@ _ECANCELED = -errno.ECANCELED
 _unpack = ffi.unpack
 
 
-class Receiver:
+class Receiver(Operation):
     """
-    Receives for one stream transport (see the module's docstring).
+    Receives for one stream transport (see the module's docstring), and the
+    operation object of the one receive it has in flight.
 
     @ivar transport: the transport: a C{FileDescriptor} with C{socket},
-        C{disconnected} and C{_dataReceived}.
+        C{disconnected} and C{_dataReceived} (which hands data to the
+        protocol and returns a reason to disconnect, or L{None}).
     @ivar state: C{IDLE}, C{ARMED}, C{DRAINING} or C{CLOSED}.
-    @ivar op: the receive in flight (C{ARMED}), else L{None}.
     @ivar reading: whether the protocol wants data.
     @ivar held: data that arrived while the protocol did not want it, in
         order; or L{None}.
     @ivar heldEnd: why the stream ended, once that is known but not yet
         reported (it comes after the held data); or L{None}.
-    @ivar consume: C{consume(data)} hands data to the protocol and returns
-        a reason to disconnect, or L{None} (C{FileDescriptor}'s
-        C{_dataReceived}).
     """
 
     __slots__ = (
         "transport",
         "driver",
         "state",
-        "op",
         "reading",
         "held",
         "heldEnd",
         "deliverCall",
-        "consume",
     )
 
     def __init__(self, transport: Any, driver: Driver) -> None:
+        Operation.__init__(self, self, None)
         self.transport = transport
         self.driver = driver
         self.state = IDLE
-        self.op: Operation | None = None
         self.reading = False
         self.held: list[Any] | None = None
         self.heldEnd: BaseException | None = None
         self.deliverCall: Any = None
-        self.consume = transport._dataReceived
 
-    def prepare(self, fd: int) -> Operation:
+    def prepare(self, fd: int) -> None:
         """
-        Prepare the receive operation on C{fd}, with this receiver handling
-        its completions.
+        Prepare the receive on C{fd}, carried by this receiver.
         """
         raise NotImplementedError
 
-    def lateAfterClose(self, op: Operation) -> Any:
+    def __call__(self, res: int, flags: int) -> None:
+        """
+        A completion of the receive in flight.
+        """
+        raise NotImplementedError
+
+    def lateAfterClose(self) -> Any:
         """
         The handler for what a receive cancelled at close still completes
         with (see L{uringreactor.ring.Ring.cancel}), or L{None}.
@@ -153,10 +157,8 @@ class Receiver:
 
         @return: what was held.
         """
-        op = self.op
-        if op is not None:
-            self.op = None
-            self.driver.ring.cancel(op, late=self.lateAfterClose(op))
+        if self.state == ARMED:
+            self.driver.ring.cancel(self, late=self.lateAfterClose())
         self.state = CLOSED
         if self.deliverCall is not None:
             self.deliverCall.cancel()
@@ -176,14 +178,15 @@ class Receiver:
         except AttributeError:
             # The connection is gone already.
             return
-        self.op = self.prepare(fd)
+        # (A receive cancelled while paused left its handler swapped.)
+        self.handler = self
+        self.prepare(fd)
         self.state = ARMED
 
     def finished(self) -> None:
         """
         The receive in flight has had its final completion.
         """
-        self.op = None
         if self.state == ARMED:
             self.state = IDLE
 
@@ -219,7 +222,7 @@ class Receiver:
         stack.append(ContextEntry(transport, logContexts.base))
         try:
             try:
-                why = self.consume(data)
+                why = transport._dataReceived(data)
             except BaseException:
                 why = sys.exc_info()[1]
                 log.err()
@@ -231,7 +234,7 @@ class Receiver:
     def _deliverInContext(self, data: Any) -> None:
         # deliver's body where another context tracker is in use.
         try:
-            why = self.consume(data)
+            why = self.transport._dataReceived(data)
         except BaseException:
             why = sys.exc_info()[1]
             log.err()
@@ -300,12 +303,12 @@ class BufferReceiver(Receiver):
 
     __slots__ = ()
 
-    def prepare(self, fd: int) -> Operation:
+    def prepare(self, fd: int) -> None:
         driver = self.driver
         assert driver.buffers is not None
-        return driver.ring.receiveMultishot(fd, driver.buffers.groupId, self)
+        driver.ring.receiveMultishot(fd, driver.buffers.groupId, self)
 
-    def lateAfterClose(self, op: Operation) -> Any:
+    def lateAfterClose(self) -> Any:
         return self.driver.recycleLate
 
     def __call__(self, res: int, flags: int) -> None:
@@ -313,8 +316,27 @@ class BufferReceiver(Receiver):
         A completion of the multishot receive.
         """
         if res > 0 and self.reading:
-            # The common case, kept short: this runs once per read.
-            self.deliver(self.driver.buffers.take(flags >> BUFFER_SHIFT, res))  # type: ignore[union-attr]
+            # The common case, kept short: this runs once per read (and so
+            # has deliver() inlined).
+            driver = self.driver
+            data = driver.buffers.take(flags >> BUFFER_SHIFT, res)  # type: ignore[union-attr]
+            logContexts = driver.logContexts
+            stack = logContexts.stack
+            if stack is None:
+                self.deliver(data)
+            else:
+                transport = self.transport
+                stack.append(ContextEntry(transport, logContexts.base))
+                try:
+                    try:
+                        why = transport._dataReceived(data)
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        driver.lose(transport, why, True)
+                finally:
+                    stack.pop()
             if not flags & F_MORE:
                 self.finished()
                 self.rearm()
@@ -347,11 +369,8 @@ class BufferReceiver(Receiver):
         Data arrived while reading is paused: stop the multishot receive,
         keeping whatever it still delivers for when reading resumes.
         """
-        op = self.op
-        assert op is not None
-        self.op = None
         self.state = DRAINING
-        self.driver.ring.cancel(op, late=self._lateWhilePaused)
+        self.driver.ring.cancel(self, late=self._lateWhilePaused)
 
     def _lateWhilePaused(self, res: int, flags: int) -> None:
         """
@@ -380,33 +399,25 @@ class BufferReceiver(Receiver):
 
 class OwnBufferReceiver(Receiver):
     """
-    Single receives into a buffer of the receiver's own, one at a time,
-    re-armed after each completion: where the kernel has no provided
-    buffers.  The buffer belongs to the operation while it is in flight;
-    a cancelled one keeps it, and the next receive gets a new one.
+    Single receives into a buffer of the receiver's own (its memory), one
+    at a time, re-armed after each completion: where the kernel has no
+    provided buffers.
     """
 
-    __slots__ = ("spare",)
+    __slots__ = ()
 
-    def __init__(self, transport: Any, driver: Driver) -> None:
-        super().__init__(transport, driver)
-        self.spare: Any = None
-
-    def prepare(self, fd: int) -> Operation:
-        buf, self.spare = self.spare, None
+    def prepare(self, fd: int) -> None:
+        buf = self.memory
         if buf is None:
             buf = ffi.new("char[]", RECV_BUFFER_SIZE)
-        return self.driver.ring.receive(fd, buf, RECV_BUFFER_SIZE, self)
+        self.driver.ring.receive(fd, buf, RECV_BUFFER_SIZE, self)
 
     def __call__(self, res: int, flags: int) -> None:
         """
         A receive completed.
         """
-        op = self.op
-        assert op is not None
-        buf = op.memory
+        buf = self.memory
         self.finished()
-        self.spare = buf
         if res > 0:
             self.received(_unpack(buf, res))
             return

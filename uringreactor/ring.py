@@ -21,7 +21,6 @@ C{(user_data, res, flags)} records, then dispatched from Python.
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import socket
 import struct
@@ -34,15 +33,11 @@ from twisted.logger import Logger
 
 from uringreactor._buffers import Buffers
 from uringreactor._liburing import ffi, lib
-from uringreactor.errors import explainSetupError, memlockLimit
 from uringreactor.features import Features
 from uringreactor.operations import F_MORE, Preparing, _Cancelled
+from uringreactor.ringsetup import checkRing, setUp
 
 _log = Logger()
-
-# The smallest submission queue a ring is reduced to when the locked-memory
-# limit has no room for the size asked for.
-_SMALLEST_RING = 32
 
 # How many completions one C call copies out.
 _REAP_BATCH = 512
@@ -110,7 +105,7 @@ class Ring(Preparing):
             # dropped), only more slowly.  About 200 KiB with 1024 entries,
             # which counts against RLIMIT_MEMLOCK in most containers.
             completionEntries = entries * 8
-        self._setUp(entries, completionEntries)
+        setUp(self._ptr, features, entries, completionEntries)
         if "spin_wait" in features:
             self._ptr.spin_max_ns = features.spinMicroseconds * 1000
             self._ptr.spin_ns = self._ptr.spin_max_ns
@@ -126,104 +121,7 @@ class Ring(Preparing):
         self._finalizer = weakref.finalize(
             self, _releaseRing, self._ptr, self._bufferRings
         )
-        self._probe()
-
-    # -- set-up ---------------------------------------------------------
-
-    def _setupFlags(self) -> int:
-        """
-        The setup flags for the features in use (all of them probed).
-        """
-        features = self.features
-        flags = lib.IORING_SETUP_SUBMIT_ALL if "submit_all" in features else 0
-        if "defer_taskrun" in features:
-            flags |= (
-                lib.IORING_SETUP_SINGLE_ISSUER
-                | lib.IORING_SETUP_DEFER_TASKRUN
-                # The single issuer becomes the thread that enables the
-                # ring: the one running the event loop, which need not be
-                # the one that built the reactor.
-                | lib.IORING_SETUP_R_DISABLED
-            )
-            if "spin_wait" in features:
-                # Pending deferred work is then flagged in the SQ ring,
-                # where a spinning loop can see it.
-                flags |= lib.IORING_SETUP_TASKRUN_FLAG
-        elif "coop_taskrun" in features:
-            flags |= lib.IORING_SETUP_COOP_TASKRUN | lib.IORING_SETUP_TASKRUN_FLAG
-        return flags
-
-    def _setUp(self, entries: int, completionEntries: int) -> None:
-        flags = self._setupFlags()
-        rc = self._init(entries, completionEntries, flags)
-        if rc == -errno.EINVAL and flags:
-            # The probe's rings took these flags, so this should not
-            # happen; if it does, a plain ring still works.
-            for name in ("defer_taskrun", "coop_taskrun", "submit_all"):
-                self.features.discard(
-                    name, "the kernel refused the ring's setup flags (EINVAL)"
-                )
-            rc = self._init(entries, completionEntries, 0)
-        if rc == -errno.ENOMEM:
-            rc = self._initSmaller(entries, completionEntries, self._setupFlags())
-        if rc < 0:
-            raise explainSetupError(-rc)
-
-    def _init(self, entries: int, completionEntries: int, flags: int) -> int:
-        rc: int = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
-        if rc != -errno.ENOMEM:
-            return rc
-        # Rings of reactors that are garbage but not yet collected still
-        # count against RLIMIT_MEMLOCK: collect them, then give the kernel,
-        # which tears rings down asynchronously, up to half a second to give
-        # their memory back.
-        gc.collect()
-        deadline = time.monotonic() + 0.5
-        while True:
-            rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
-            if rc != -errno.ENOMEM or time.monotonic() > deadline:
-                return rc
-            time.sleep(0.01)
-
-    def _initSmaller(self, entries: int, completionEntries: int, flags: int) -> int:
-        """
-        The locked-memory limit has no room for a ring of the size asked
-        for: halve it until one fits, down to L{_SMALLEST_RING} entries.
-        Processes without CAP_IPC_LOCK have their rings charged to
-        RLIMIT_MEMLOCK, which is 64 KiB by default on kernels before 5.16
-        (Debian 11's 5.10 among them): there a ring of 1024 entries (about
-        200 KiB) never fits, one of 256 does.  A smaller ring only submits
-        and reaps in smaller batches.
-        """
-        rc = -errno.ENOMEM
-        while rc == -errno.ENOMEM and entries > _SMALLEST_RING:
-            entries //= 2
-            completionEntries = max(completionEntries // 2, 2 * entries)
-            rc = lib.ur_ring_init(self._ptr, entries, completionEntries, flags)
-        if rc == 0:
-            _log.warn(
-                "io_uring ring reduced to {entries} submission and "
-                "{completions} completion entries to fit the locked-memory "
-                "limit (RLIMIT_MEMLOCK, {limit}); raise it (ulimit -l, "
-                "LimitMEMLOCK= in a systemd unit, --ulimit memlock= for a "
-                "container) for larger batches",
-                entries=int(self._ptr.sq_entries),
-                completions=int(self._ptr.cq_entries),
-                limit=memlockLimit(),
-            )
-        return rc
-
-    def _probe(self) -> None:
-        """
-        Check the ring's own feature bits.
-        """
-        if not self._ptr.features & lib.IORING_FEAT_NODROP:
-            # Before 5.5 the kernel may drop completions when the CQ is
-            # full, which would lose data.
-            raise explainSetupError(errno.ENOSYS)
-        supported = lib.ur_probe_opcode(self._ptr, lib.IORING_OP_ASYNC_CANCEL)
-        if supported <= 0:
-            raise explainSetupError(errno.ENOSYS)
+        checkRing(self._ptr)
 
     def _start(self) -> None:
         """

@@ -33,7 +33,7 @@ IOV_MAX = 1024
 _JOIN_BELOW = 16384
 
 # Output up to this size, from the only transport writing in an iteration,
-# is sent with send() rather than through the ring (see Sender.send).
+# is sent with send() rather than through the ring (see Sender.flush).
 _DIRECT_BELOW = 65536
 
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
@@ -81,35 +81,30 @@ def remainder(pieces: list[Any], sent: int) -> list[Any]:
     return rest
 
 
-class Sender:
+class Sender(Operation):
     """
-    Sends for one stream transport (see the module's docstring).
+    Sends for one stream transport (see the module's docstring), and the
+    operation object that carries each of its sends, one at a time: the
+    ring holds it, with the pieces being sent as its memory, while a send
+    is in flight.  A cancelled send keeps that memory until the kernel lets
+    go; the sender never sends again.
 
     @ivar transport: the transport, an L{uringreactor.handle.CompletionIO}.
-    @ivar op: the send in flight, or L{None}.  A plain send is always
-        carried by the same operation object (L{_carrier}), which the ring
-        holds only while it is in flight; cancelling gives it up for good.
+    @ivar op: the send in flight (this sender for a plain send), or
+        L{None}.
     @ivar length: its length.
     @ivar leftover: pieces waiting for it (the rest of a partial send, or
         what did not fit in one vectored send), or L{None}.
     @ivar leftoverLength: their length.
     """
 
-    __slots__ = (
-        "transport",
-        "driver",
-        "op",
-        "_carrier",
-        "length",
-        "leftover",
-        "leftoverLength",
-    )
+    __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
 
     def __init__(self, transport: Any, driver: Driver) -> None:
+        Operation.__init__(self, self, None)
         self.transport = transport
         self.driver = driver
         self.op: Operation | None = None
-        self._carrier: Operation | None = Operation(self, None)
         self.length = 0
         self.leftover: list[Any] | None = None
         self.leftoverLength = 0
@@ -128,8 +123,9 @@ class Sender:
 
         @return: C{True} if application code ran.
         """
-        if self.op is not None:
-            # _sent asks for another flush when this one is in.
+        if self.op is not None or self.memory is not None:
+            # A send in flight: sent() asks for another flush when it is
+            # in.  (Memory held without one: a cancelled send, at close.)
             return False
         transport = self.transport
         pieces = self.leftover
@@ -156,17 +152,9 @@ class Sender:
         else:
             self.leftover = None
             self.leftoverLength = 0
-        return self.send(pieces, length)
-
-    def send(self, pieces: list[Any], length: int) -> bool:
-        """
-        Send C{pieces} (C{length} bytes in all).
-
-        @return: C{True} if it was sent at once and that ran application
-            code (see L{flush}).
-        """
+        # Send them (in this method, not another: this runs once per
+        # request).
         driver = self.driver
-        transport = self.transport
         if len(pieces) > 1:
             pieces = coalesce(pieces, length)
         if driver.sendDirectly and len(pieces) == 1 and length <= _DIRECT_BELOW:
@@ -187,14 +175,12 @@ class Sender:
                 return self.sent(length, length, pieces)
             pieces = remainder(pieces, sent)
             length -= sent
-        op = self._carrier
-        assert op is not None, "a closed transport's sender sends nothing"
-        driver.ring.send(transport.fileno(), pieces, length, op)
-        self.op = op
+        driver.ring.send(transport.fileno(), pieces, length, self)
+        self.op = self
         self.length = length
         return False
 
-    def __call__(self, res: int, flags: int) -> bool:
+    def __call__(self, res: int, flags: int) -> bool:  # type: ignore[override]
         """
         The send in flight completed.
 
@@ -261,9 +247,8 @@ class Sender:
         if op is not None:
             self.op = None
             # Its memory stays with it, in the ring's table, until the
-            # kernel lets go; it never carries another send.
+            # kernel lets go.
             self.driver.ring.cancel(op)
-        self._carrier = None
         self.length = 0
         self.leftover = None
         self.leftoverLength = 0

@@ -171,14 +171,21 @@ class Port(udp.Port):
             assert buffers is not None
             msg = spare[0] if spare is not None else newMessage()
             self._recvOp = ring.receiveMessages(
-                fd, msg, _NAME_ROOM, buffers.groupId, self._received
+                fd, msg, _NAME_ROOM, buffers.groupId, Operation(self._received, None)
             )
             return
         if spare is None or spare[1] is None:
             spare = (newMessage(), ffi.new("char[]", max(self.maxPacketSize, 1)))
         msg, buf = spare
         self._recvOp = ring.receiveMessage(
-            fd, msg, buf, self.maxPacketSize, NAME_SIZE, 0, -1, self._received
+            fd,
+            msg,
+            buf,
+            self.maxPacketSize,
+            NAME_SIZE,
+            0,
+            -1,
+            Operation(self._received, None),
         )
 
     def _received(self, res: int, flags: int) -> None:

@@ -39,7 +39,7 @@ from uringreactor.messages import (
     newMessage,
     receivedControl,
 )
-from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, Operation
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER
 from uringreactor.outcomes import receiveEnd
 from uringreactor.receiving import RECV_BUFFER_SIZE, Receiver
 from uringreactor.sending import Sender
@@ -57,24 +57,19 @@ class MessageReceiver(Receiver):
     C{(bytes, ancillary)} when control data came with them.
     """
 
-    __slots__ = ("spare",)
+    __slots__ = ()
 
-    def __init__(self, transport: Any, driver: Driver) -> None:
-        super().__init__(transport, driver)
-        self.spare: Any = None
-        self.consume = self._consumeMessage
-
-    def prepare(self, fd: int) -> Operation:
+    def prepare(self, fd: int) -> None:
         ring = self.driver.ring
         buffers = self.driver.buffers
-        spare, self.spare = self.spare, None
-        if spare is None:
+        memory = self.memory
+        if memory is None:
             msg = newMessage()
             buf = None if buffers is not None else ffi.new("char[]", RECV_BUFFER_SIZE)
         else:
-            msg, buf = spare
+            msg, buf = memory
         if buffers is not None:
-            return ring.receiveMessage(
+            ring.receiveMessage(
                 fd,
                 msg,
                 None,
@@ -84,21 +79,17 @@ class MessageReceiver(Receiver):
                 buffers.groupId,
                 self,
             )
-        return ring.receiveMessage(
-            fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, self
-        )
+        else:
+            ring.receiveMessage(
+                fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, self
+            )
 
     def __call__(self, res: int, flags: int) -> None:
         """
         A recvmsg completed.
         """
-        op = self.op
-        assert op is not None
-        msg, buf = memory = op.memory
+        msg, buf = self.memory
         self.finished()
-        # The header and buffer are this receiver's again, for the next
-        # receive (a cancelled one keeps its own).
-        self.spare = memory
         buffers: Any = self.driver.buffers
         if res <= 0:
             if flags & F_BUFFER:
@@ -119,17 +110,8 @@ class MessageReceiver(Receiver):
         ancillary = receivedControl(msg)
         self.received((data, ancillary) if ancillary else data)
 
-    def _consumeMessage(self, data: Any) -> Any:
-        # What _SendmsgMixin.doRead does with what recvmsg returned:
-        # descriptors first, then the bytes they came with.
-        transport = self.transport
-        if type(data) is tuple:
-            data, ancillary = data
-            transport._handleAncillary(ancillary)
-        return transport._dataReceived(data)
-
-    def lateAfterClose(self, op: Operation) -> Any:
-        return functools.partial(_closeLateMessage, self.driver, op.memory[0])
+    def lateAfterClose(self) -> Any:
+        return functools.partial(_closeLateMessage, self.driver, self.memory[0])
 
     def close(self) -> list[Any] | None:
         held = super().close()
@@ -243,6 +225,15 @@ class MessageStreamIO(CompletionIO):
 
     def _newSender(self, driver: Any) -> Sender:
         return MessageSender(self, driver)
+
+    def _dataReceived(self, data: Any) -> Any:
+        # What _SendmsgMixin.doRead does with what recvmsg returned (the
+        # receiver delivers both forms): descriptors first, then the bytes
+        # they came with.
+        if type(data) is tuple:
+            data, ancillary = data
+            self._handleAncillary(ancillary)
+        return super()._dataReceived(data)  # type: ignore[misc]
 
     def _handleAncillary(self, ancillary: Ancillary) -> None:
         for level, kind, cdata in ancillary:
