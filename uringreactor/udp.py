@@ -9,11 +9,15 @@ TTL, loopback, interface) are Twisted's.  What changes:
   - Receiving: one multishot recvmsg stays armed while the port reads; each
     datagram completes with its source address and payload in one provided
     buffer, and a burst of datagrams costs no system call beyond the loop's
-    one C{io_uring_enter}.  Without multishot receives (old kernels, or
-    C{URINGREACTOR_DISABLE}) a single recvmsg into the port's own buffer is
-    re-armed after each datagram.  As on epoll, a datagram longer than
-    C{maxPacketSize} is truncated to it, and a refusal reported by the
-    kernel on a connected port calls C{connectionRefused}.
+    one C{io_uring_enter}.  Without multishot receives (kernels before 6.0,
+    C{URINGREACTOR_DISABLE}, or a C{maxPacketSize} larger than a provided
+    buffer) a one-shot poll waits for the socket to be readable and
+    Twisted's own C{doRead} then reads every datagram waiting, as on epoll:
+    a single receive re-armed after each datagram would read one per loop
+    iteration, and a port that fell behind a burst would let its socket
+    buffer overflow.  As on epoll, a datagram longer than C{maxPacketSize}
+    is truncated to it, and a refusal reported by the kernel on a connected
+    port calls C{connectionRefused}.
 
   - Sending: C{write} checks its arguments at once and raises what the
     epoll reactor raises for them (L{error.InvalidAddressError},
@@ -40,21 +44,20 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import abstract, base, error, interfaces, udp
 from twisted.python import failure, log
 from zope.interface import implementer
 
-from uringreactor._liburing import ffi
 from uringreactor.messages import (
-    NAME_SIZE,
     RECVMSG_OUT,
     decodeAddress,
     encodeAddress,
     newMessage,
-    receivedName,
 )
 from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 from uringreactor.outcomes import DATAGRAM_RECEIVE_AGAIN
@@ -110,8 +113,8 @@ class Port(udp.Port):
     _writing = False
     _registered = False
     _flushQueued = False
-    # The receive in flight, and the memory of the last one to complete,
-    # for the next (a cancelled one keeps its own).
+    # The receive (or poll) in flight, and the message header of the last
+    # receive to complete, for the next (a cancelled one keeps its own).
     _recvOp: Operation | None = None
     _recvSpare: Any = None
     _multishot = False
@@ -166,54 +169,40 @@ class Port(udp.Port):
             and "multishot_recv" in ring.features
             and self.maxPacketSize <= buffers.bufferSize - _PAYLOAD_OFFSET
         )
-        spare, self._recvSpare = self._recvSpare, None
-        if self._multishot:
-            assert buffers is not None
-            msg = spare[0] if spare is not None else newMessage()
-            self._recvOp = ring.receiveMessages(
-                fd, msg, _NAME_ROOM, buffers.groupId, Operation(self._received, None)
-            )
+        if not self._multishot:
+            self._recvOp = ring.poll(fd, select.POLLIN, self._readable)
             return
-        if spare is None or spare[1] is None:
-            spare = (newMessage(), ffi.new("char[]", max(self.maxPacketSize, 1)))
-        msg, buf = spare
-        self._recvOp = ring.receiveMessage(
-            fd,
-            msg,
-            buf,
-            self.maxPacketSize,
-            NAME_SIZE,
-            0,
-            -1,
-            Operation(self._received, None),
+        assert buffers is not None
+        msg, self._recvSpare = self._recvSpare, None
+        if msg is None:
+            msg = newMessage()
+        self._recvOp = ring.receiveMessages(
+            fd, msg, _NAME_ROOM, buffers.groupId, Operation(self._received, None)
         )
 
     def _received(self, res: int, flags: int) -> None:
+        """
+        A completion of the multishot recvmsg.
+        """
         op = self._recvOp
         assert op is not None
         driver = self.reactor._driver
         if not flags & F_MORE:
             self._recvOp = None
-            # What the kernel wrote into is free again for the next receive.
-            memory = op.memory
-            self._recvSpare = memory if type(memory) is tuple else (memory, None)
+            # The header the kernel read is free again for the next receive.
+            self._recvSpare = op.memory
         if res >= 0:
-            if self._multishot:
-                # Header, address and payload copied straight out of the
-                # provided buffer, each once; then the buffer goes back.
-                buffers: Any = driver.buffers
-                bufferId = flags >> BUFFER_SHIFT
-                raw = buffers.view(bufferId, res)
-                namelen, _, payloadlen, _ = RECVMSG_OUT.unpack_from(raw)
-                name = bytes(raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen])
-                size = min(payloadlen, self.maxPacketSize)
-                data = bytes(raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size])
-                raw.release()
-                buffers.recycle(bufferId)
-            else:
-                msg, buf = op.memory
-                name = receivedName(msg)
-                data = ffi.unpack(buf, res)
+            # Header, address and payload copied straight out of the
+            # provided buffer, each once; then the buffer goes back.
+            buffers: Any = driver.buffers
+            bufferId = flags >> BUFFER_SHIFT
+            raw = buffers.view(bufferId, res)
+            namelen, _, payloadlen, _ = RECVMSG_OUT.unpack_from(raw)
+            name = bytes(raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen])
+            size = min(payloadlen, self.maxPacketSize)
+            data = bytes(raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size])
+            raw.release()
+            buffers.recycle(bufferId)
             addr = self._nameCache.get(name)
             if addr is None:
                 addr = self._decodeName(name)
@@ -221,7 +210,7 @@ class Port(udp.Port):
         else:
             if flags & F_BUFFER:
                 driver.recycleLate(res, flags)
-            elif res == _ENOBUFS and self._multishot:
+            elif res == _ENOBUFS:
                 driver.buffers.shortage()  # type: ignore[union-attr]
             if res == _ECONNREFUSED:
                 if self._connectedAddr:
@@ -230,6 +219,30 @@ class Port(udp.Port):
                 self._logError(res, "Could not receive datagram")
         if self._recvOp is None and self._reading and self.connected:
             self._armRecv()
+
+    def _readable(self, res: int, flags: int) -> None:
+        """
+        The poll armed without multishot receives completed: read what
+        waits, then poll again.
+        """
+        self._recvOp = None
+        if res >= 0:
+            self.reactor._driver.call(self, self._readWaiting)
+        elif -res not in DATAGRAM_RECEIVE_AGAIN:
+            self._logError(res, "Could not poll a datagram socket")
+        if self._recvOp is None and self._reading and self.connected:
+            self._armRecv()
+
+    def _readWaiting(self) -> None:
+        # As the epoll reactor's _doReadOrWrite runs doRead: what it raises
+        # or returns disconnects the port.
+        try:
+            why = self.doRead()
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+        if why:
+            self.reactor._driver.lose(self, why, True)
 
     def _decodeName(self, name: bytes) -> Any:
         addr: Any = decodeAddress(name) if name else None
