@@ -78,7 +78,8 @@ class Operation:
 
     def __repr__(self) -> str:
         handler = self.handler
-        what = type(self).__name__ if handler is self else repr(handler)
+        carrier = getattr(handler, "__self__", None) is self
+        what = type(self).__name__ if carrier else repr(handler)
         return f"<Operation {self.tag:#x} {what}>"
 
 

@@ -88,10 +88,15 @@ class Receiver(Operation):
         "held",
         "heldEnd",
         "deliverCall",
+        "completion",
     )
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        Operation.__init__(self, self, None)
+        # The handler is a bound method, made once: the loop calls a plain
+        # method inline, where calling the receiver itself (__call__) would
+        # cost a C-level call and an argument tuple per completion.
+        self.completion = self.completed
+        Operation.__init__(self, self.completion, None)
         self.transport = transport
         self.driver = driver
         self.state = IDLE
@@ -106,7 +111,7 @@ class Receiver(Operation):
         """
         raise NotImplementedError
 
-    def __call__(self, res: int, flags: int) -> None:
+    def completed(self, res: int, flags: int) -> None:
         """
         A completion of the receive in flight.
         """
@@ -179,7 +184,7 @@ class Receiver(Operation):
             # The connection is gone already.
             return
         # (A receive cancelled while paused left its handler swapped.)
-        self.handler = self
+        self.handler = self.completion
         self.prepare(fd)
         self.state = ARMED
 
@@ -311,7 +316,7 @@ class BufferReceiver(Receiver):
     def lateAfterClose(self) -> Any:
         return self.driver.recycleLate
 
-    def __call__(self, res: int, flags: int) -> None:
+    def completed(self, res: int, flags: int) -> None:
         """
         A completion of the multishot receive.
         """
@@ -412,7 +417,7 @@ class OwnBufferReceiver(Receiver):
             buf = ffi.new("char[]", RECV_BUFFER_SIZE)
         self.driver.ring.receive(fd, buf, RECV_BUFFER_SIZE, self)
 
-    def __call__(self, res: int, flags: int) -> None:
+    def completed(self, res: int, flags: int) -> None:
         """
         A receive completed.
         """

@@ -101,7 +101,9 @@ class Sender(Operation):
     __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        Operation.__init__(self, self, None)
+        # A bound method as the handler, as for receivers (see
+        # uringreactor.receiving.Receiver).
+        Operation.__init__(self, self.completed, None)
         self.transport = transport
         self.driver = driver
         self.op: Operation | None = None
@@ -180,7 +182,7 @@ class Sender(Operation):
         self.length = length
         return False
 
-    def __call__(self, res: int, flags: int) -> bool:  # type: ignore[override]
+    def completed(self, res: int, flags: int) -> bool:
         """
         The send in flight completed.
 

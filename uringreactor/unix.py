@@ -84,7 +84,7 @@ class MessageReceiver(Receiver):
                 fd, msg, buf, RECV_BUFFER_SIZE, 0, CONTROL_SIZE, -1, self
             )
 
-    def __call__(self, res: int, flags: int) -> None:
+    def completed(self, res: int, flags: int) -> None:
         """
         A recvmsg completed.
         """
@@ -192,8 +192,8 @@ class MessageSender(Sender):
         self.sent(res, 1, [byte])
         self._more()
 
-    def __call__(self, res: int, flags: int) -> bool:
-        ranApplicationCode = super().__call__(res, flags)
+    def completed(self, res: int, flags: int) -> bool:
+        ranApplicationCode = super().completed(res, flags)
         self._more()
         return ranApplicationCode
 
