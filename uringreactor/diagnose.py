@@ -2,7 +2,8 @@
 C{python -m uringreactor}: what a user needs to know before deploying on
 this machine.
 
-It prints the kernel, liburing, Python and Twisted versions; each optional
+It prints the kernel, liburing, Python and Twisted versions; whether that
+Twisted still has the private names the reactor relies on; each optional
 io_uring feature with whether it is used and, if not, why (the kernel lacks
 it, the environment disables it, it needs another); the limits that matter;
 and whether the reactor can run here, with the cause and the fix when
@@ -104,9 +105,20 @@ def report(write: Callable[[str], object] = print) -> int:
     can run here).
     """
     from uringreactor.errors import IOUringUnavailable
+    from uringreactor.twistednames import PRIVATE_NAMES, missing
 
     for line in _versions():
         write(line)
+    gone = missing()
+    if gone:
+        write(
+            "twisted private names: this Twisted lacks names the reactor"
+            " relies on; use a Twisted release that uringreactor supports"
+        )
+        for line in gone:
+            write(f"  {line}")
+    else:
+        write(f"twisted private names: all {len(PRIVATE_NAMES)} present")
     try:
         from uringreactor.reactor import IOUringReactor
 
