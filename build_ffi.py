@@ -19,6 +19,12 @@ operation and one per batch of completions.
 Helpers newer than liburing 2.3 (Debian 12) are written out in those files
 rather than required from the library.
 
+liburing is linked statically where its archive is installed (Debian's and
+Ubuntu's liburing-dev ship liburing.a), so a built wheel needs no liburing
+on the machine it is installed on; otherwise the binding loads
+liburing.so.2.  Without liburing's development files the build stops with
+the package to install on each distribution.
+
 C{user_data} layout (C{ring.h}): the low 8 bits hold the operation kind
 (C{UR_KIND_*}), the next 24 its slot in the table of operations in flight,
 the rest a serial number.  The kind lets the C side finish what Python can
@@ -26,7 +32,9 @@ no longer do when a ring is torn down (close sockets that a cancelled
 accept still produced); the table lets it cancel every operation by its tag.
 """
 
+import os
 import subprocess
+import sysconfig
 
 from cffi import FFI
 
@@ -148,6 +156,7 @@ struct ur_probe {
 };
 int ur_probe_kernel(struct ur_probe *out);
 const char *ur_liburing_version(void);
+const char *ur_liburing_linkage(void);
 """
 
 SOURCES = [
@@ -157,13 +166,23 @@ SOURCES = [
 ]
 
 
-def _liburingVersion() -> str | None:
-    """
-    The version of the liburing being built against, from pkg-config.
-    """
+_MISSING_LIBURING = """\
+uringreactor needs liburing's development files (liburing.h, liburing.a or
+liburing.so) to build, and none were found{detail}.  Install them:
+
+    Debian, Ubuntu:      apt-get install liburing-dev      (2.3 or newer)
+    Fedora, RHEL, Alma:  dnf install liburing-devel
+    Alpine:              apk add liburing-dev
+    Arch:                pacman -S liburing
+
+or install a uringreactor wheel, which carries liburing and needs nothing
+at run time."""
+
+
+def _pkgConfig(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["pkg-config", "--modversion", "liburing"],
+            ["pkg-config", *args, "liburing"],
             capture_output=True,
             text=True,
             check=True,
@@ -173,7 +192,64 @@ def _liburingVersion() -> str | None:
     return out.stdout.strip() or None
 
 
-_version = _liburingVersion()
+def _libraryDirectories() -> list[str]:
+    found = _pkgConfig("--variable=libdir")
+    dirs = [found] if found else []
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    for base in ("/usr/local/lib", "/usr/lib64", "/usr/lib"):
+        if multiarch:
+            dirs.append(os.path.join(base, multiarch))
+        dirs.append(base)
+    return dirs
+
+
+def _includeDirectories() -> list[str]:
+    found = _pkgConfig("--variable=includedir")
+    return ([found] if found else []) + ["/usr/local/include", "/usr/include"]
+
+
+def _linkage() -> tuple[str, dict[str, list[str]]]:
+    """
+    How to link liburing: statically when its archive is there (the wheel
+    then needs no liburing where it is installed), else as a shared
+    library.  C{URINGREACTOR_LIBURING_LINKAGE=static} or C{shared} forces
+    one.
+
+    @raise SystemExit: with the packages to install, if liburing's
+        development files are absent.
+    """
+    wanted = os.environ.get("URINGREACTOR_LIBURING_LINKAGE", "auto")
+    if wanted not in ("auto", "static", "shared"):
+        raise SystemExit(
+            f"URINGREACTOR_LIBURING_LINKAGE={wanted!r}: use static, shared or auto"
+        )
+    if not any(
+        os.path.exists(os.path.join(d, "liburing.h")) for d in _includeDirectories()
+    ):
+        raise SystemExit(_MISSING_LIBURING.format(detail=" (no liburing.h)"))
+    dirs = _libraryDirectories()
+    archive = next(
+        (
+            os.path.join(d, "liburing.a")
+            for d in dirs
+            if os.path.exists(os.path.join(d, "liburing.a"))
+        ),
+        None,
+    )
+    shared = any(os.path.exists(os.path.join(d, "liburing.so")) for d in dirs)
+    if wanted != "shared" and archive is not None:
+        return "static", {"extra_objects": [archive]}
+    if wanted == "static":
+        raise SystemExit(
+            _MISSING_LIBURING.format(detail=" (no liburing.a, and static was asked)")
+        )
+    if not shared:
+        raise SystemExit(_MISSING_LIBURING.format(detail=" (no liburing.so)"))
+    return "shared", {"libraries": ["uring"]}
+
+
+_version = _pkgConfig("--modversion")
+_linked, _linkArguments = _linkage()
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
@@ -182,11 +258,11 @@ ffibuilder.set_source(
     '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n',
     sources=SOURCES,
     include_dirs=["uringreactor/c"],
-    libraries=["uring"],
     # struct ucred (the control area's size) is a GNU extension.
-    define_macros=[("_GNU_SOURCE", None)]
+    define_macros=[("_GNU_SOURCE", None), ("UR_LIBURING_LINKAGE", f'"{_linked}"')]
     + ([("UR_LIBURING_PKGVERSION", f'"{_version}"')] if _version else []),
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    **_linkArguments,
 )
 
 if __name__ == "__main__":

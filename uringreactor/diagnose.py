@@ -53,12 +53,13 @@ def _versions() -> list[str]:
 
     import twisted
     from uringreactor import __version__
-    from uringreactor.probe import kernelRelease, liburingVersion
+    from uringreactor.probe import kernelRelease, liburingLinkage, liburingVersion
 
     return [
         f"uringreactor {__version__}",
         f"kernel:    Linux {kernelRelease()}",
-        f"liburing:  {liburingVersion()} (built against)",
+        f"liburing:  {liburingVersion()} (built against, linked"
+        f" {'statically' if liburingLinkage() == 'static' else 'as a shared library'})",
         f"python:    {platform.python_implementation()} {platform.python_version()}",
         f"twisted:   {twisted.__version__}",
     ]

@@ -94,5 +94,13 @@ def liburingVersion() -> str:
     return ffi.string(lib.ur_liburing_version()).decode()
 
 
+def liburingLinkage() -> str:
+    """
+    C{"static"} if liburing is linked into the binding (nothing to install
+    at run time), C{"shared"} if the binding loads C{liburing.so.2}.
+    """
+    return ffi.string(lib.ur_liburing_linkage()).decode()
+
+
 def kernelRelease() -> str:
     return os.uname().release

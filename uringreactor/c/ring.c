@@ -26,6 +26,17 @@ const char *ur_liburing_version(void)
 #endif
 }
 
+/* How liburing is linked into this module: "static" (a wheel that needs no
+ * liburing where it is installed) or "shared" (liburing.so.2 at run time). */
+const char *ur_liburing_linkage(void)
+{
+#if defined(UR_LIBURING_LINKAGE)
+    return UR_LIBURING_LINKAGE;
+#else
+    return "shared";
+#endif
+}
+
 int ur_ring_init(struct ur_ring *r, unsigned entries, unsigned cq_entries,
                  unsigned flags)
 {

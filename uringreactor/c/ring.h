@@ -74,6 +74,7 @@ int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
 int ur_drain(struct ur_ring *r, int timeout_ms);
 const char *ur_liburing_version(void);
+const char *ur_liburing_linkage(void);
 
 /* For the operations (ops.c): a free SQE, submitting what is queued when
  * the SQ is full; and a new operation's slot, tag and SQE. */
