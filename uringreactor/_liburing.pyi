@@ -20,6 +20,7 @@ class _Lib:
     IORING_CQE_F_MORE: int
     IORING_CQE_BUFFER_SHIFT: int
     IORING_OP_ASYNC_CANCEL: int
+    MSG_NOSIGNAL: int
     UR_KIND_POLL: int
     UR_KIND_ACCEPT: int
     UR_KIND_RECV: int

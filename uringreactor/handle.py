@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import main
 from twisted.python import log
 
+from uringreactor.operations import MSG_NOSIGNAL
 from uringreactor.receiving import Receiver, receiverFor
 from uringreactor.sending import Sender
 
-_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ class CompletionIO(_Host):
             # already shut down, is lost rather than closed cleanly.  Probe
             # the same way before closing.
             try:
-                self.socket.send(b"", _MSG_NOSIGNAL)
+                self.socket.send(b"", MSG_NOSIGNAL)
             except BlockingIOError:
                 pass
             except OSError:

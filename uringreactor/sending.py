@@ -16,10 +16,9 @@ from where it stopped, and what waits meanwhile is L{Sender.leftover}.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
-from uringreactor.operations import Operation
+from uringreactor.operations import MSG_NOSIGNAL, Operation
 from uringreactor.outcomes import sendFailure
 
 if TYPE_CHECKING:
@@ -35,8 +34,6 @@ _JOIN_BELOW = 16384
 # Output up to this size, from the only transport writing in an iteration,
 # is sent with send() rather than through the ring (see Sender.flush).
 _DIRECT_BELOW = 65536
-
-_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 
 
 def coalesce(pieces: list[Any], length: int) -> list[Any]:
@@ -166,7 +163,7 @@ class Sender(Operation):
             # saves its completion, which would otherwise wake the loop
             # once more before the next request.
             try:
-                sent = transport.socket.send(pieces[0], _MSG_NOSIGNAL)
+                sent = transport.socket.send(pieces[0], MSG_NOSIGNAL)
             except OSError as e:
                 why = sendFailure(e.errno or 0)
                 if why is not None:

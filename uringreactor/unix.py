@@ -39,13 +39,12 @@ from uringreactor.messages import (
     newMessage,
     receivedControl,
 )
-from uringreactor.operations import BUFFER_SHIFT, F_BUFFER
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, MSG_NOSIGNAL
 from uringreactor.outcomes import receiveEnd
 from uringreactor.receiving import RECV_BUFFER_SIZE, Receiver
 from uringreactor.sending import Sender
 
 _ENOBUFS = -errno.ENOBUFS
-_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 
 
 class MessageReceiver(Receiver):
@@ -174,7 +173,7 @@ class MessageSender(Sender):
             byte,
             None,
             queue[0],
-            _MSG_NOSIGNAL,
+            MSG_NOSIGNAL,
             False,
             self._descriptorSent,
         )
