@@ -403,14 +403,39 @@ def _receiveStaysOnItsSocket(
 
 def test_bytesReachTheKernelWithoutACopy() -> None:
     """
-    The send path passes a bytes object to C as it is; the pointer C sees
-    must be the object's own storage (the object is then kept alive until
-    the send completes), not a temporary copy.
+    The send path passes a bytes object to C as it is only where the
+    pointer C sees is the object's own storage (CPython: the object is then
+    kept alive until the send completes).  Where it is not (PyPy may pass
+    a copy that lives only for the call), the operation holds a cdata from
+    C{ffi.from_buffer} instead, which pins the object's storage.
     """
     from uringreactor._liburing import ffi, lib
+    from uringreactor.operations import _BYTES_STAY_PUT, Operation
+    from uringreactor.ring import Ring
 
     data = os.urandom(4096)
-    assert lib.ur_address_of(data) == int(ffi.cast("uintptr_t", ffi.from_buffer(data)))
+    storage = int(ffi.cast("uintptr_t", ffi.from_buffer(data)))
+    passedAsIs = lib.ur_address_of(data) == storage
+    assert passedAsIs == _BYTES_STAY_PUT
+    if not passedAsIs:
+        ring = Ring()
+        left, right = socket.socketpair()
+        try:
+            op = Operation(lambda res, flags: None, None)
+            ring.send(left.fileno(), [data], len(data), op)
+            pinned = [m for m in op.memory if isinstance(m, ffi.CData)]
+            assert [ffi.buffer(m)[:] for m in pinned] == [data]
+            # Pinned: the storage does not move while the operation holds it.
+            address = int(ffi.cast("uintptr_t", pinned[0]))
+            gc.collect()
+            assert int(ffi.cast("uintptr_t", pinned[0])) == address
+            ring.enter(1.0)
+            ring.dispatch()
+            assert right.recv(8192) == data
+        finally:
+            ring.close()
+            left.close()
+            right.close()
 
 
 def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:

@@ -28,6 +28,7 @@ completion reaches a closed transport.
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +53,16 @@ _prepRecvMultishot = lib.ur_prep_recv_multishot
 _prepSend = lib.ur_prep_send
 _prepSendv = lib.ur_prep_sendv
 _fromBuffer = ffi.from_buffer
-_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+
+# Memory the kernel reads after the call that prepared the operation has
+# returned.  CPython hands a C{char *} parameter a bytes object's own
+# storage, which stays put while the object lives (the operation holds
+# it).  PyPy may hand it a copy that lives only for the call; there
+# C{ffi.from_buffer} pins the object for as long as the cdata it returns
+# lives, and the operation holds that cdata instead.
+_BYTES_STAY_PUT = platform.python_implementation() == "CPython"
+# From the C headers: PyPy's socket module lacks it.
+MSG_NOSIGNAL: int = lib.MSG_NOSIGNAL
 _MSGHDR_SIZE = lib.ur_msghdr_size()
 _ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -200,15 +210,15 @@ class Preparing:
         ptr = self._ptr
         if len(pieces) == 1:
             piece = pieces[0]
-            if type(piece) is bytes:
+            if _BYTES_STAY_PUT and type(piece) is bytes:
                 # Passed as it is: the kernel reads the object's own storage,
                 # which stays put while the operation holds the object.
                 memory: Any = (pieces,)
-                ud = _prepSend(ptr, fd, piece, length, _MSG_NOSIGNAL, KIND_SEND)
+                ud = _prepSend(ptr, fd, piece, length, MSG_NOSIGNAL, KIND_SEND)
             else:
                 buf = _fromBuffer(piece)
                 memory = (pieces, buf)
-                ud = _prepSend(ptr, fd, buf, length, _MSG_NOSIGNAL, KIND_SEND)
+                ud = _prepSend(ptr, fd, buf, length, MSG_NOSIGNAL, KIND_SEND)
         else:
             count = len(pieces)
             iov = ffi.new("struct iovec[]", count)
@@ -221,7 +231,7 @@ class Preparing:
                 entry.iov_len = len(piece)
             msg = ffi.new("char[]", _MSGHDR_SIZE)
             memory = (pieces, buffers, iov, msg)
-            ud = _prepSendv(ptr, fd, iov, count, msg, _MSG_NOSIGNAL, KIND_SEND)
+            ud = _prepSendv(ptr, fd, iov, count, msg, MSG_NOSIGNAL, KIND_SEND)
         # _carry, inlined: this runs once per send.
         if ud < 0:
             raise submissionError(ud)
@@ -299,15 +309,20 @@ class Preparing:
         next, which the kernel then starts only once this one has succeeded.
         """
         msg = ffi.new("struct ur_msg *")
+        length = len(data)
+        nameLength = len(name) if name is not None else 0
+        if not _BYTES_STAY_PUT:
+            data = _fromBuffer(data)
+            name = _fromBuffer(name) if name is not None else None
         return self._own(
             lib.ur_prep_sendmsg_to(
                 self._ptr,
                 fd,
                 msg,
                 data,
-                len(data),
+                length,
                 name if name is not None else ffi.NULL,
-                len(name) if name is not None else 0,
+                nameLength,
                 passDescriptor,
                 flags,
                 linked,
