@@ -20,6 +20,9 @@
  * keep the area's memory behaviour: an idle connection, or a burst of
  * small messages, allocates nothing.
  *
+ * Under PyPy nothing is handed over (see UR_HANDS_OVER below): every read
+ * is copied out of the area.
+ *
  * This is the one piece of the binding that needs the CPython C API (cffi
  * cannot make or return Python objects); the io_uring itself and every
  * operation stay in the cffi module, which hands over only the ring's
@@ -43,6 +46,16 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+/* PyPy runs this module through its C API emulation (cpyext), where a
+ * bytes object's storage as C sees it is a copy that PyPy's own object does
+ * not share: what the kernel writes into it would never reach the
+ * protocol.  There every read is copied out of the area. */
+#ifdef PYPY_VERSION
+#define UR_HANDS_OVER 0
+#else
+#define UR_HANDS_OVER 1
+#endif
 
 typedef struct {
     PyObject_HEAD
@@ -171,7 +184,12 @@ static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->count = count;
     self->mask = io_uring_buf_ring_mask(count);
     self->size = size;
+#if UR_HANDS_OVER
     self->handover = handover < 1 ? 1 : handover;
+#else
+    (void)handover;
+    self->handover = PY_SSIZE_T_MAX;
+#endif
     self->slots = PyMem_Calloc(count, sizeof(PyObject *));
     if (self->slots == NULL) {
         Py_DECREF(self);
@@ -450,6 +468,10 @@ PyMODINIT_FUNC PyInit__buffers(void)
     Py_INCREF(&BuffersType);
     if (PyModule_AddObject(m, "Buffers", (PyObject *)&BuffersType) < 0) {
         Py_DECREF(&BuffersType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "HANDS_OVER", UR_HANDS_OVER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,6 +2,10 @@
 Types of C{uringreactor._buffers} (C{_buffers.c}), for mypy.
 """
 
+# 1 where long reads are handed over without a copy (CPython), 0 where
+# every read is copied out (PyPy).
+HANDS_OVER: int
+
 class Buffers:
     def __init__(
         self,
