@@ -73,7 +73,11 @@ class Operation:
     completion.
 
     @ivar tag: its C{user_data}.
-    @ivar handler: called as C{handler(res, flags)} for each completion.
+    @ivar handler: called as C{handler(res, flags)} for each completion; or
+        L{None}, for operation objects that handle their completions
+        themselves, in a method C{completed(res, flags)}.  (Receivers and
+        senders do: an operation then costs no bound-method object, which
+        every armed receive would keep for as long as its connection idles.)
     @ivar memory: everything the kernel may read or write for it, kept
         alive by this object, which the ring's table keeps alive until the
         last completion.
@@ -81,15 +85,21 @@ class Operation:
 
     __slots__ = ("tag", "handler", "memory")
 
-    def __init__(self, handler: Handler, memory: Any) -> None:
+    def __init__(self, handler: Handler | None, memory: Any) -> None:
         self.tag = 0
         self.handler = handler
         self.memory = memory
 
+    def completed(self, res: int, flags: int) -> object:
+        """
+        A completion of an operation without a handler: what subclasses
+        that handle their own completions implement.
+        """
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         handler = self.handler
-        carrier = getattr(handler, "__self__", None) is self
-        what = type(self).__name__ if carrier else repr(handler)
+        what = type(self).__name__ if handler is None else repr(handler)
         return f"<Operation {self.tag:#x} {what}>"
 
 

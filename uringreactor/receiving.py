@@ -88,15 +88,11 @@ class Receiver(Operation):
         "held",
         "heldEnd",
         "deliverCall",
-        "completion",
     )
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        # The handler is a bound method, made once: the loop calls a plain
-        # method inline, where calling the receiver itself (__call__) would
-        # cost a C-level call and an argument tuple per completion.
-        self.completion = self.completed
-        Operation.__init__(self, self.completion, None)
+        # No handler: the ring calls completed() itself (see Operation).
+        Operation.__init__(self, None, None)
         self.transport = transport
         self.driver = driver
         self.state = IDLE
@@ -184,7 +180,7 @@ class Receiver(Operation):
             # The connection is gone already.
             return
         # (A receive cancelled while paused left its handler swapped.)
-        self.handler = self.completion
+        self.handler = None
         self.prepare(fd)
         self.state = ARMED
 

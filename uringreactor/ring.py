@@ -267,7 +267,11 @@ class Ring(Preparing):
             if op is None:
                 continue
             try:
-                op.handler(res, flags)
+                handler = op.handler
+                if handler is None:
+                    op.completed(res, flags)
+                else:
+                    handler(res, flags)
             except BaseException:
                 _log.failure("Unhandled error in io_uring completion handler")
 

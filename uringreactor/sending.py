@@ -98,9 +98,8 @@ class Sender(Operation):
     __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        # A bound method as the handler, as for receivers (see
-        # uringreactor.receiving.Receiver).
-        Operation.__init__(self, self.completed, None)
+        # No handler: the ring calls completed() itself (see Operation).
+        Operation.__init__(self, None, None)
         self.transport = transport
         self.driver = driver
         self.op: Operation | None = None
