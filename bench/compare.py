@@ -23,6 +23,13 @@ C{--baseline PATH} also measures the io_uring reactor of another checkout
 (its extensions built in place: C{python setup.py build_ext --inplace}
 there), as C{iouring-baseline}, interleaved with the rest: a change is
 compared with what it changes in one run.
+
+C{--python NAME=PATH} (repeatable) also runs every reactor's server under
+the interpreter PATH (a virtualenv's python with uringreactor installed),
+as C{REACTOR@NAME} (C{iouring@pypy}, C{epoll@pypy}), interleaved with the
+rest; their ratios are to C{epoll@NAME}, so each interpreter's io_uring
+reactor is compared with its own epoll reactor in the same run.
+bench/run --python INTERPRETER makes that virtualenv.
 """
 
 from __future__ import annotations
@@ -82,7 +89,13 @@ def available(reactor: str) -> bool:
     """
     Whether the packages a reactor needs are installed.
     """
+    reactor, suffix = splitReactor(reactor)
+    if suffix and reactor == NATIVE:
+        return False
     if reactor.startswith("uvloop"):
+        if suffix:
+            found = subprocess.run([_interpreters[suffix[1:]], "-c", "import uvloop"])
+            return found.returncode == 0
         try:
             import uvloop  # noqa: F401
         except ImportError:
@@ -118,6 +131,7 @@ def echoOnly(reactor: str) -> bool:
     Whether a server serves only the echo app: the references without
     Twisted.
     """
+    reactor = splitReactor(reactor)[0]
     return reactor.endswith("-plain") or reactor == NATIVE
 
 
@@ -133,18 +147,39 @@ def _pin(cpu: int) -> Any:
 # The checkout whose io_uring reactor runs as BASELINE (--baseline).
 BASELINE = "iouring-baseline"
 _baselinePath: str | None = None
+# Other interpreters (--python NAME=PATH): reactor names with "@NAME" run
+# their server under PATH.
+_interpreters: dict[str, str] = {}
+
+
+def splitReactor(reactor: str) -> tuple[str, str]:
+    """
+    C{"epoll@pypy"} -> C{("epoll", "@pypy")}; C{"epoll"} -> C{("epoll", "")}.
+    """
+    name, at, interpreter = reactor.partition("@")
+    return name, at + interpreter
+
+
+def referenceFor(reactor: str) -> str:
+    """
+    What a reactor's ratios are computed against: the epoll reactor under
+    the same interpreter.
+    """
+    return "epoll" + splitReactor(reactor)[1]
 
 
 def _startServer(reactor: str, app: str) -> tuple[subprocess.Popen[str], int]:
     env = None
+    reactor, suffix = splitReactor(reactor)
+    python = _interpreters[suffix[1:]] if suffix else sys.executable
     if reactor == NATIVE:
         command = [str(BUILD / "echo_server")]
     elif reactor == BASELINE:
         assert _baselinePath is not None
         env = dict(os.environ, PYTHONPATH=_baselinePath)
-        command = [sys.executable, str(HERE / "server.py"), "iouring", "--app", app]
+        command = [python, str(HERE / "server.py"), "iouring", "--app", app]
     else:
-        command = [sys.executable, str(HERE / "server.py"), reactor, "--app", app]
+        command = [python, str(HERE / "server.py"), reactor, "--app", app]
     server = subprocess.Popen(
         command,
         env=env,
@@ -325,17 +360,17 @@ def table(
     scenarios: list[Scenario], reactors: list[str], summary: dict[Any, Any]
 ) -> str:
     header = (
-        f"{'scenario':30s} {'reactor':15s} {'req/s':>9s} {'spread':>15s} "
+        f"{'scenario':30s} {'reactor':20s} {'req/s':>9s} {'spread':>15s} "
         f"{'us/req':>7s} {'p50us':>7s} {'p99us':>7s} {'x epoll':>8s} "
         f"{'cpu x':>6s} {'lg cpu':>6s} {'enters/req':>10s}"
     )
     lines = [header, "-" * len(header)]
     for sc in scenarios:
-        base = summary.get((sc.name, "epoll"))
         for reactor in reactors:
             s = summary.get((sc.name, reactor))
             if s is None:
                 continue
+            base = summary.get((sc.name, referenceFor(reactor)))
             flag = "" if s["errors"] == 0 else "  ERRORS!"
             if s.get("idle"):
                 ratio = (
@@ -344,7 +379,7 @@ def table(
                     else float("nan")
                 )
                 lines.append(
-                    f"{sc.name:30s} {reactor:15s} {s['bytes_per_connection']:9.0f} "
+                    f"{sc.name:30s} {reactor:20s} {s['bytes_per_connection']:9.0f} "
                     f"{'bytes/conn':>15s} {'':>7s} {'':>7s} {'':>7s} "
                     f"{ratio:7.2f}x{flag}"
                 )
@@ -356,7 +391,7 @@ def table(
                 f"{s['enters_per_req']:.3f}" if s["enters_per_req"] is not None else "-"
             )
             lines.append(
-                f"{sc.name:30s} {reactor:15s} {s['rps']:9.0f} {spread:>15s} "
+                f"{sc.name:30s} {reactor:20s} {s['rps']:9.0f} {spread:>15s} "
                 f"{s['us_per_req']:7.2f} {s['p50_us']:7.0f} {s['p99_us']:7.0f} "
                 f"{ratio:7.2f}x {cpuRatio:5.2f}x {s['loadgen_cpu'] * 100:5.0f}% "
                 f"{enters:>10s}{flag}"
@@ -390,14 +425,14 @@ def chart(
         ratios, cpus = [], []
         for sc in loaded:
             s = summary.get((sc.name, reactor))
-            base = summary.get((sc.name, "epoll"))
+            base = summary.get((sc.name, referenceFor(reactor)))
             ratios.append(s["rps"] / base["rps"] if s and base else 0)
             cpus.append(s["us_per_req"] if s else 0)
         xs = [x + i * width for x in range(len(loaded))]
         axes[0].bar(xs, ratios, width, label=reactor)
         axes[1].bar(xs, cpus, width, label=reactor)
     axes[0].axhline(1.0, color="grey", linewidth=0.8)
-    axes[0].set_ylabel("requests/s relative to epoll")
+    axes[0].set_ylabel("requests/s relative to epoll (same interpreter)")
     axes[1].set_ylabel("server CPU per request (us)")
     axes[1].set_xticks(
         [x + width * (len(reactors) - 1) / 2 for x in range(len(loaded))]
@@ -421,6 +456,18 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    for name, path in _interpreters.items():
+        described = subprocess.run(
+            [
+                path,
+                "-c",
+                "import platform, twisted; print(platform.python_implementation(),"
+                " platform.python_version(), 'Twisted', twisted.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        info[f"python@{name}"] = described.stdout.strip()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -447,9 +494,24 @@ def main() -> int:
         default=None,
         help="another checkout whose io_uring reactor to measure too",
     )
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also run every reactor's server under this interpreter",
+    )
     args = parser.parse_args()
     default = "iouring,epoll" if args.quick else FULL_REACTORS
     reactors = [r.strip() for r in (args.reactors or default).split(",") if r.strip()]
+    for spec in args.python:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            parser.error(f"--python wants NAME=PATH, not {spec!r}")
+        _interpreters[name] = path
+    if _interpreters:
+        plain = [r for r in reactors if "@" not in r]
+        reactors = plain + [f"{r}@{n}" for n in _interpreters for r in plain]
     if args.baseline:
         global _baselinePath
         _baselinePath = str(Path(args.baseline).resolve())
@@ -474,6 +536,8 @@ def main() -> int:
         f"{info['python']}, Twisted {info['twisted']}",
         flush=True,
     )
+    for name in _interpreters:
+        print(f"  @{name}: {info[f'python@{name}']}", flush=True)
     runs: dict[Any, list[dict[str, Any]]] = {}
     for sc in scenarios:
         for rnd in range(args.rounds):
@@ -489,7 +553,7 @@ def main() -> int:
                         f"{r['rps']:9.0f} req/s {r['server_us_per_req']:6.2f} us/req"
                     )
                 print(
-                    f"  {sc.name:30s} round {rnd + 1} {reactor:15s} {detail}",
+                    f"  {sc.name:30s} round {rnd + 1} {reactor:20s} {detail}",
                     flush=True,
                 )
     summary = {key: summarize(value) for key, value in runs.items()}
