@@ -14,14 +14,20 @@ FROM ${BASE}
 # into the build and pass its path).  Empty means the image's own CAs.
 ARG PIP_CERT=""
 
+# The interpreter the project is built for, and its packages (for PyPy:
+# --build-arg PYTHON=/usr/bin/pypy3 --build-arg
+# "PYTHON_PACKAGES=pypy3 pypy3-venv pypy3-dev").
+ARG PYTHON=/usr/bin/python3
+ARG PYTHON_PACKAGES="python3 python3-venv python3-dev"
+
 ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHON=/usr/bin/python3 \
+    PYTHON=${PYTHON} \
     URINGREACTOR_VENV=/opt/uringreactor-venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN apt-get update -q \
     && apt-get install -y -q --no-install-recommends \
-        ca-certificates python3 python3-venv python3-dev gcc libc6-dev \
+        ca-certificates ${PYTHON_PACKAGES} gcc libc6-dev \
         pkg-config liburing-dev curl libseccomp2 libcap2-bin procps git \
     && rm -rf /var/lib/apt/lists/*
 

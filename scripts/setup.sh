@@ -17,7 +17,12 @@ if [ "$(uname -s)" != Linux ]; then
     exit 1
 fi
 
-packages=(liburing-dev gcc pkg-config python3-dev python3-venv curl libseccomp2 libcap2-bin)
+# The interpreter's headers and venv module: PyPy's are packaged apart.
+case "$(basename "$(readlink -f "$(command -v "$PYTHON" || echo "$PYTHON")")")" in
+    pypy*) interpreter=(pypy3-dev pypy3-venv) ;;
+    *) interpreter=(python3-dev python3-venv) ;;
+esac
+packages=(liburing-dev gcc pkg-config "${interpreter[@]}" curl libseccomp2 libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -291,11 +291,11 @@ def test_releaseFreesTheBuffers() -> None:
 
 def test_handedOverDataIsNeverOverwritten() -> None:
     """
-    Through the kernel: 64 KiB reads handed over to a protocol that keeps
-    every one of them, mixed with short reads that are copied, on several
-    connections at once.  Once all the data is in, every object the protocol
-    got still holds exactly what was sent: no buffer handed over was written
-    into again.
+    Through the kernel: 64 KiB reads handed over (copied, under PyPy) to a
+    protocol that keeps every one of them, mixed with short reads that are
+    copied, on several connections at once.  Once all the data is in, every
+    object the protocol got still holds exactly what was sent: no buffer
+    handed over was written into again.
     """
     reactor = IOUringReactor(bufferCount=16, buffersAtStart=4)
     requireFeature(reactor._ring.features, "buf_ring")
@@ -340,12 +340,13 @@ def test_handedOverDataIsNeverOverwritten() -> None:
 
     received, streams = run(reactor, work, timeout=60)
     byStart = {s[:32]: s for s in streams}
-    handedOver = 0
+    longReads = 0
     for pieces in received.values():
         data = b"".join(pieces)
         assert data == byStart[data[:32]]
-        handedOver += sum(len(p) >= HANDOVER for p in pieces)
-    assert (handedOver > 0) == bool(HANDS_OVER)
+        longReads += sum(len(p) >= HANDOVER for p in pieces)
+    # There were long reads: handed over where HANDS_OVER, else copied.
+    assert longReads > 0
     reactor._ring.close()
 
 

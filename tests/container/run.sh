@@ -16,6 +16,11 @@
 #   tests/container/run.sh            the whole round trip
 #   tests/container/run.sh --quick    step 1 runs the project's own tests
 #                                     only (CI's subset; see README.md)
+#   tests/container/run.sh --matrix [IMAGE...]
+#                                     the interpreter matrix instead (see
+#                                     tests/container/matrix.sh)
+#   tests/container/run.sh --wheel    the wheel round trip instead (see
+#                                     tests/container/wheel.sh)
 #
 # Environment: BASE (base image; default localhost/debian:bookworm, made
 # with debootstrap when missing), IMAGE (default uringreactor-test).
@@ -24,47 +29,22 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BASE=${BASE:-localhost/debian:bookworm}
 IMAGE=${IMAGE:-uringreactor-test}
+case "${1:-}" in
+    --matrix) shift; exec "$ROOT/tests/container/matrix.sh" "$@" ;;
+    --wheel) exec "$ROOT/tests/container/wheel.sh" ;;
+esac
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 LOG=${LOG_DIR:-$ROOT/build/container}
 mkdir -p "$LOG"
 started=$(date +%s)
+# shellcheck source=tests/container/common.sh
+. "$ROOT/tests/container/common.sh"
 
-need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || need+=(runc)
-if [ "$BASE" = localhost/debian:bookworm ]; then
-    command -v debootstrap >/dev/null || need+=(debootstrap)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-    echo "== installing ${need[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-fi
-
-# Flags this kind of VM needs (no systemd cgroups, small default limits).
-PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
-LIMITS=(--ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
-
-if ! "${PODMAN[@]}" image exists "$BASE"; then
-    if [ "$BASE" != localhost/debian:bookworm ]; then
-        "${PODMAN[@]}" pull "$BASE"
-    else
-        echo "== making base image $BASE with debootstrap"
-        rootfs=$(mktemp -d)
-        debootstrap --variant=minbase bookworm "$rootfs" >"$LOG/debootstrap.log" 2>&1
-        tar -C "$rootfs" -c . | "${PODMAN[@]}" import - "$BASE" >/dev/null
-        rm -rf "$rootfs"
-    fi
-fi
-
+needTools
+ensureBase "$BASE" "$LOG"
 echo "== building $IMAGE from the Dockerfile (base $BASE)"
-build=("${PODMAN[@]}" build "${LIMITS[@]}" --build-arg "BASE=$BASE" -t "$IMAGE")
-# Networks that intercept TLS: give pip the host's CA bundle.
-if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
-    build+=(-v "$PIP_CERT:/etc/ssl/host-ca.pem:ro" --build-arg PIP_CERT=/etc/ssl/host-ca.pem)
-fi
-"${build[@]}" "$ROOT" >"$LOG/build.log" 2>&1 || { tail -40 "$LOG/build.log"; exit 1; }
+buildImage "$IMAGE" "$BASE" "$LOG/build.log"
 echo "   built in $(( $(date +%s) - started ))s"
 
 PROGRAM=(/opt/uringreactor-venv/bin/python examples/echo_roundtrip.py --reactor=iouring)
