@@ -144,6 +144,21 @@ unsigned char *ur_msg_control(struct ur_msg *m);
 
 void ur_raise_malloc_thresholds(size_t size);
 
+struct ur_bufring {
+    char *area;
+    unsigned count;
+    unsigned circulating;
+    size_t size;
+    ...;
+};
+struct ur_bufring *ur_bufring_new(int ring_fd, int group, unsigned count,
+                                  size_t size, int *err);
+void ur_bufring_free(struct ur_bufring *b);
+unsigned ur_bufring_grow(struct ur_bufring *b, unsigned more);
+void ur_bufring_give_back(struct ur_bufring *b, unsigned bid, char *addr);
+int ur_bufring_unregister(struct ur_bufring *b);
+void *ur_bufring_entries(struct ur_bufring *b);
+
 
 struct ur_probe {
     unsigned ring_features;
@@ -166,6 +181,7 @@ SOURCES = [
     "uringreactor/c/ring.c",
     "uringreactor/c/ops.c",
     "uringreactor/c/probe.c",
+    "uringreactor/c/bufring.c",
 ]
 
 
@@ -258,7 +274,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "uringreactor._liburing",
-    '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n',
+    '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n#include "bufring.h"\n',
     sources=SOURCES,
     include_dirs=["uringreactor/c"],
     # struct ucred (the control area's size) is a GNU extension.

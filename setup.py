@@ -5,19 +5,23 @@ pyproject.toml.
 - C{uringreactor._liburing}: the cffi binding to liburing (build_ffi.py).
 - C{uringreactor._buffers}: the provided buffers, and the bytes objects
   long reads become without a copy; the one piece that needs the CPython C
-  API (cffi cannot make Python objects).
+  API (cffi cannot make Python objects), built for CPython only (PyPy
+  copies reads out through the cffi module: uringreactor.cffibuffers).
   It uses only liburing's inline helpers, so it links nothing.
 """
 
+import platform
+
 from setuptools import Extension, setup
 
-setup(
-    cffi_modules=["build_ffi.py:ffibuilder"],
-    ext_modules=[
+extensions = []
+if platform.python_implementation() == "CPython":
+    extensions.append(
         Extension(
             "uringreactor._buffers",
-            sources=["uringreactor/_buffers.c"],
+            sources=["uringreactor/_buffers.c", "uringreactor/c/bufring.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         )
-    ],
-)
+    )
+
+setup(cffi_modules=["build_ffi.py:ffibuilder"], ext_modules=extensions)

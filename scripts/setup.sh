@@ -63,7 +63,7 @@ stamp="$VENV/.uringreactor-installed"
 digest=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/build_ffi.py" \
     "$ROOT"/uringreactor/*.c "$ROOT"/uringreactor/c/* | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] \
-        || ! "$VENV/bin/python" -c 'import uringreactor._liburing, uringreactor._buffers' \
+        || ! "$VENV/bin/python" -c 'import uringreactor._liburing, uringreactor.bufferring' \
             2>/dev/null; then
     echo "== installing uringreactor (editable) into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77"

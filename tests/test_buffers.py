@@ -1,7 +1,8 @@
 """
-The provided buffers (L{uringreactor._buffers}): what goes into the ring's
-entries, which reads are copied and which handed over as bytes objects
-without a copy, and that a handed-over object is never written into again.
+The provided buffers (L{uringreactor._buffers} on CPython,
+L{uringreactor.cffibuffers} on PyPy): what goes into the ring's entries,
+which reads are copied and which handed over as bytes objects without a
+copy, and that a handed-over object is never written into again.
 
 The unit tests drive L{Buffers} mapped but not registered with an io_uring,
 and play the kernel's part by hand: read an entry, write into the memory
@@ -24,13 +25,21 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.conftest import requireFeature, run, sleep
-from uringreactor._buffers import HANDS_OVER, Buffers
+from uringreactor import bufferring, cffibuffers
 from uringreactor._liburing import ffi
-from uringreactor.bufferring import HANDOVER
+from uringreactor.bufferring import HANDOVER, HANDS_OVER, Buffers
 from uringreactor.reactor import IOUringReactor
 
 # struct io_uring_buf: addr, len, bid, and (in entry 0) the ring's tail.
 _ENTRY = struct.Struct("=QIHH")
+
+
+# Both implementations where both exist (CPython): the one the reactor uses
+# and the cffi one PyPy uses, so that CPython runs test the PyPy path too.
+IMPLEMENTATIONS = list(dict.fromkeys([Buffers, cffibuffers.Buffers]))
+eachImplementation = pytest.mark.parametrize(
+    "implementation", IMPLEMENTATIONS, ids=lambda cls: cls.__module__
+)
 
 
 class FakeRing:
@@ -40,10 +49,10 @@ class FakeRing:
     registered: its entries are read the way the kernel reads them.
     """
 
-    def __init__(self, count: int, size: int) -> None:
+    def __init__(self, count: int, size: int, implementation: Any = Buffers) -> None:
         self.count = count
         self.size = size
-        self._buffers = Buffers(-1, 0, count, size, HANDOVER)
+        self._buffers = implementation(-1, 0, count, size, HANDOVER)
         self.address = self._buffers.ring_address
         self.area = self._buffers.area_address
         self.view = memoryview(
@@ -89,12 +98,13 @@ def storage(data: bytes) -> int:
     return int(ffi.cast("uintptr_t", ffi.from_buffer(data)))
 
 
-def test_growFillsEntriesUpToTheRingSize() -> None:
+@eachImplementation
+def test_growFillsEntriesUpToTheRingSize(implementation: Any) -> None:
     """
     Buffers join the ring's entries as they are grown, each with its id and
     full size and its place in the area, never more than the ring holds.
     """
-    ring = FakeRing(8, 4096)
+    ring = FakeRing(8, 4096, implementation)
     buffers = ring.buffers()
     assert buffers.circulating == 0
     assert buffers.grow(3) == 3
@@ -106,12 +116,13 @@ def test_growFillsEntriesUpToTheRingSize() -> None:
     buffers.release()
 
 
-def test_shortReadsStayInTheArea() -> None:
+@eachImplementation
+def test_shortReadsStayInTheArea(implementation: Any) -> None:
     """
     Reads below the hand-over size are copied out, and the same buffer, in
     the area, goes straight back into the ring: no allocation.
     """
-    ring = FakeRing(4, 65536)
+    ring = FakeRing(4, 65536, implementation)
     buffers = ring.buffers()
     buffers.grow(1)
     for size in (5, 100, HANDOVER - 1):
@@ -133,15 +144,13 @@ handsOver = pytest.mark.skipif(
 )
 
 
-@pytest.mark.skipif(
-    bool(HANDS_OVER), reason="CPython hands long reads over (tested below)"
-)
 def test_longReadsAreCopiedWhereNothingIsHandedOver() -> None:
     """
-    Under PyPy long reads too are copied out of the area, and their buffer
-    goes straight back: the bytes a protocol gets are what the kernel wrote.
+    Through cffi (PyPy's path) long reads too are copied out of the area,
+    and their buffer goes straight back: the bytes a protocol gets are what
+    the kernel wrote.
     """
-    ring = FakeRing(4, 65536)
+    ring = FakeRing(4, 65536, cffibuffers.Buffers)
     buffers = ring.buffers()
     buffers.grow(1)
     for size in (HANDOVER, 65536, 65536):
@@ -239,16 +248,17 @@ def test_viewedBufferIsNeverHandedOver() -> None:
     buffers.release()
 
 
-def test_badRequestsRaise() -> None:
+@eachImplementation
+def test_badRequestsRaise(implementation: Any) -> None:
     """
     Ids not in circulation, impossible lengths, a ring of the wrong size,
     and use after release are errors, not memory corruption.
     """
-    ring = FakeRing(4, 4096)
+    ring = FakeRing(4, 4096, implementation)
     with pytest.raises(ValueError):
-        Buffers(-1, 0, 3, 4096, HANDOVER)
+        implementation(-1, 0, 3, 4096, HANDOVER)
     with pytest.raises(ValueError):
-        Buffers(-1, 0, 4, 0, HANDOVER)
+        implementation(-1, 0, 4, 0, HANDOVER)
     buffers = ring.buffers()
     buffers.grow(2)
     with pytest.raises(IndexError):
@@ -289,7 +299,10 @@ def test_releaseFreesTheBuffers() -> None:
     assert kept == b"y" * 65536
 
 
-def test_handedOverDataIsNeverOverwritten() -> None:
+@eachImplementation
+def test_handedOverDataIsNeverOverwritten(
+    implementation: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     Through the kernel: 64 KiB reads handed over (copied, under PyPy) to a
     protocol that keeps every one of them, mixed with short reads that are
@@ -297,8 +310,10 @@ def test_handedOverDataIsNeverOverwritten() -> None:
     object the protocol got still holds exactly what was sent: no buffer
     handed over was written into again.
     """
+    monkeypatch.setattr(bufferring, "Buffers", implementation)
     reactor = IOUringReactor(bufferCount=16, buffersAtStart=4)
     requireFeature(reactor._ring.features, "buf_ring")
+    assert isinstance(reactor._driver.buffers._buffers, implementation)
     conns = 6
     chunks = [65536, 100, 65536, 9000, 1, 65536, 30000]
     total = sum(chunks) * 8
@@ -350,7 +365,8 @@ def test_handedOverDataIsNeverOverwritten() -> None:
     reactor._ring.close()
 
 
-def test_registrationFailureIsAnOSError() -> None:
+@eachImplementation
+def test_registrationFailureIsAnOSError(implementation: Any) -> None:
     """
     A descriptor that is no io_uring, or a group id already registered on
     the ring, is refused by the kernel: an C{OSError} with its errno, and
@@ -361,7 +377,7 @@ def test_registrationFailureIsAnOSError() -> None:
     r, w = os.pipe()
     try:
         with pytest.raises(OSError) as notRing:
-            Buffers(r, 0, 4, 4096, HANDOVER)
+            implementation(r, 0, 4, 4096, HANDOVER)
         assert notRing.value.errno is not None
     finally:
         os.close(r)
@@ -369,13 +385,13 @@ def test_registrationFailureIsAnOSError() -> None:
     ring = Ring(entries=8)
     try:
         requireFeature(ring.features, "buf_ring")
-        first = Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+        first = implementation(ring.fileno, 5, 4, 4096, HANDOVER)
         with pytest.raises(OSError) as taken:
-            Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+            implementation(ring.fileno, 5, 4, 4096, HANDOVER)
         assert taken.value.errno == errno.EEXIST
         first.unregister()
         # The group is free again.
-        second = Buffers(ring.fileno, 5, 4, 4096, HANDOVER)
+        second = implementation(ring.fileno, 5, 4, 4096, HANDOVER)
         second.unregister()
         second.release()
         first.release()

@@ -2,14 +2,10 @@
  * uringreactor._buffers: the buffers of the provided-buffer ring, and the
  * bytes objects that long reads become without a copy.
  *
- * A Buffers object owns a provided-buffer ring whole: it maps the ring's
- * entries and an area of `count` buffers, registers the ring with the
- * io_uring under its group id, fills the entries, and unregisters and
- * unmaps it.  liburing 2.3 lacks io_uring_setup_buf_ring, which does the
- * same.  Every buffer starts in the area; the kernel touches only the pages
- * it writes, so buffers that never circulate, and the parts of buffers
- * short reads never reach, cost no memory.  A read out of the area is
- * copied into a new bytes object, and the buffer goes straight back.
+ * A Buffers object owns a provided-buffer ring whole (c/bufring.c maps,
+ * registers, fills and unmaps it).  Every buffer starts in the ring's area;
+ * a read out of the area is copied into a new bytes object, and the buffer
+ * goes straight back.
  *
  * A buffer that receives a long read (at least `handover` bytes) is then
  * replaced by a bytes object of the same size: the ring's entry points to
@@ -20,14 +16,12 @@
  * keep the area's memory behaviour: an idle connection, or a burst of
  * small messages, allocates nothing.
  *
- * Under PyPy nothing is handed over (see UR_HANDS_OVER below): every read
- * is copied out of the area.
- *
  * This is the one piece of the binding that needs the CPython C API (cffi
- * cannot make or return Python objects); the io_uring itself and every
- * operation stay in the cffi module, which hands over only the ring's
- * descriptor.  From liburing it uses only the inline helpers that fill the
- * ring's entries; registering is one io_uring_register system call.
+ * cannot make or return Python objects), and it is built for CPython only:
+ * PyPy's emulation of that API costs more per call than a copy, so there
+ * the cffi module's bufring functions serve (uringreactor.cffibuffers) and
+ * every read is copied out.  The io_uring itself and every operation stay
+ * in the cffi module, which hands over only the ring's descriptor.
  *
  * Lifetime: the kernel may write into any buffer in circulation until the
  * ring is unregistered or the io_uring closed, so the objects and the area
@@ -40,33 +34,19 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <liburing.h>
 #include <errno.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
-/* PyPy runs this module through its C API emulation (cpyext), where a
- * bytes object's storage as C sees it is a copy that PyPy's own object does
- * not share: what the kernel writes into it would never reach the
- * protocol.  There every read is copied out of the area. */
+#include "c/bufring.h"
+
 #ifdef PYPY_VERSION
-#define UR_HANDS_OVER 0
-#else
-#define UR_HANDS_OVER 1
+#error "_buffers is for CPython: PyPy uses uringreactor.cffibuffers"
 #endif
 
 typedef struct {
     PyObject_HEAD
-    struct io_uring_buf_ring *br;
-    char *area;               /* buffer bid starts at area + bid * size */
-    int ring_fd;              /* the io_uring registered with, or -1 */
-    int group;                /* the buffer group id */
+    struct ur_bufring ring;
     PyObject **slots;         /* buffer bid's bytes object, or NULL: area */
-    unsigned count;           /* buffer ids 0 .. count-1 may exist */
-    unsigned circulating;     /* ids 0 .. circulating-1 are the kernel's */
-    unsigned mask;
     Py_ssize_t size;          /* bytes in each buffer */
     Py_ssize_t handover;      /* reads at least this long are not copied */
 } Buffers;
@@ -76,20 +56,13 @@ static inline char *memory_of(Buffers *self, unsigned bid)
     PyObject *slot = self->slots[bid];
     if (slot != NULL)
         return PyBytes_AS_STRING(slot);
-    return self->area + (size_t)bid * (size_t)self->size;
-}
-
-static inline void put(Buffers *self, unsigned bid, int offset)
-{
-    io_uring_buf_ring_add(self->br, memory_of(self, bid), (unsigned)self->size,
-                          (unsigned short)bid, self->mask, offset);
+    return ur_bufring_area_of(&self->ring, bid);
 }
 
 /* Give buffer bid back to the kernel, as it now is. */
 static inline void give_back(Buffers *self, unsigned bid)
 {
-    put(self, bid, 0);
-    io_uring_buf_ring_advance(self->br, 1);
+    ur_bufring_give_back(&self->ring, bid, memory_of(self, bid));
 }
 
 static int check_released(Buffers *self)
@@ -104,7 +77,7 @@ static int check_id(Buffers *self, Py_ssize_t bid)
 {
     if (check_released(self) < 0)
         return -1;
-    if (bid < 0 || bid >= self->circulating) {
+    if (bid < 0 || bid >= self->ring.circulating) {
         PyErr_Format(PyExc_IndexError, "no buffer %zd in circulation", bid);
         return -1;
     }
@@ -128,26 +101,6 @@ static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
     return 0;
 }
 
-static size_t entries_bytes(unsigned count)
-{
-    return (size_t)count * sizeof(struct io_uring_buf);
-}
-
-static void unmap(Buffers *self)
-{
-    if (self->br != NULL)
-        munmap(self->br, entries_bytes(self->count));
-    if (self->area != NULL)
-        munmap(self->area, (size_t)self->count * (size_t)self->size);
-    self->br = NULL;
-    self->area = NULL;
-}
-
-static int io_uring_register_call(int fd, unsigned opcode, void *arg)
-{
-    return (int)syscall(__NR_io_uring_register, fd, opcode, arg, 1);
-}
-
 static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"ring_fd", "group", "count", "size", "handover",
@@ -156,8 +109,7 @@ static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     unsigned count;
     Py_ssize_t size, handover;
     Buffers *self;
-    struct io_uring_buf_reg reg;
-    void *mem;
+    int rc;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iiInn", names, &ring_fd,
                                      &group, &count, &size, &handover))
@@ -179,52 +131,22 @@ static PyObject *Buffers_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self = (Buffers *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->ring_fd = -1;
-    self->group = group;
-    self->count = count;
-    self->mask = io_uring_buf_ring_mask(count);
+    self->ring.ring_fd = -1;
     self->size = size;
-#if UR_HANDS_OVER
     self->handover = handover < 1 ? 1 : handover;
-#else
-    (void)handover;
-    self->handover = PY_SSIZE_T_MAX;
-#endif
     self->slots = PyMem_Calloc(count, sizeof(PyObject *));
     if (self->slots == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    /* The entries are shared, not private: the kernel pins these pages
-     * when the ring is registered, and a fork (twistd daemonizing after the
-     * reactor is built) would give the child private copies of pinned
-     * pages, so the buffers it gives back would never reach the kernel. */
-    mem = mmap(NULL, entries_bytes(count), PROT_READ | PROT_WRITE,
-               MAP_ANONYMOUS | MAP_SHARED, -1, 0);
-    if (mem == MAP_FAILED)
-        goto os_error;
-    self->br = (struct io_uring_buf_ring *)mem;
-    mem = mmap(NULL, (size_t)count * (size_t)size, PROT_READ | PROT_WRITE,
-               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    if (mem == MAP_FAILED)
-        goto os_error;
-    self->area = (char *)mem;
-    io_uring_buf_ring_init(self->br);
-    if (ring_fd >= 0) {
-        memset(&reg, 0, sizeof(reg));
-        reg.ring_addr = (unsigned long)(uintptr_t)self->br;
-        reg.ring_entries = count;
-        reg.bgid = (unsigned short)group;
-        if (io_uring_register_call(ring_fd, IORING_REGISTER_PBUF_RING, &reg) < 0)
-            goto os_error;
-        self->ring_fd = ring_fd;
+    rc = ur_bufring_init(&self->ring, ring_fd, group, count, (size_t)size);
+    if (rc < 0) {
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
     }
     return (PyObject *)self;
-
-os_error:
-    PyErr_SetFromErrno(PyExc_OSError);
-    Py_DECREF(self);
-    return NULL;
 }
 
 /* Drop the objects and unmap the memory: only once the kernel can no
@@ -234,16 +156,16 @@ static void release(Buffers *self)
     unsigned i;
     if (self->slots == NULL)
         return;
-    for (i = 0; i < self->count; i++)
+    for (i = 0; i < self->ring.count; i++)
         Py_CLEAR(self->slots[i]);
     PyMem_Free(self->slots);
     self->slots = NULL;
-    unmap(self);
+    ur_bufring_unmap(&self->ring);
 }
 
 static void Buffers_dealloc(Buffers *self)
 {
-    if (self->ring_fd < 0)
+    if (self->ring.ring_fd < 0)
         release(self);
     /* Else still registered: the kernel may write into the memory, which
      * is leaked rather than freed under it (the owner unregisters first,
@@ -259,18 +181,16 @@ PyDoc_STRVAR(grow_doc,
 static PyObject *Buffers_grow(Buffers *self, PyObject *arg)
 {
     Py_ssize_t more = PyLong_AsSsize_t(arg);
-    unsigned i, n;
 
     if ((more == -1 && PyErr_Occurred()) || check_released(self) < 0)
         return NULL;
-    n = self->count - self->circulating;
-    if (more < n)
-        n = more < 0 ? 0 : (unsigned)more;
-    for (i = 0; i < n; i++)
-        put(self, self->circulating + i, i);
-    io_uring_buf_ring_advance(self->br, n);
-    self->circulating += n;
-    return PyLong_FromUnsignedLong(self->circulating);
+    /* Buffers new to circulation have no bytes object: they are in the
+     * area, where ur_bufring_grow points them. */
+    if (more < 0)
+        more = 0;
+    if (more > (Py_ssize_t)self->ring.count)
+        more = self->ring.count;
+    return PyLong_FromUnsignedLong(ur_bufring_grow(&self->ring, (unsigned)more));
 }
 
 PyDoc_STRVAR(take_doc,
@@ -367,7 +287,7 @@ static PyObject *Buffers_release(Buffers *self, PyObject *Py_UNUSED(unused))
 {
     /* The caller vouches that the kernel is done (the ring unregistered or
      * the io_uring closed). */
-    self->ring_fd = -1;
+    self->ring.ring_fd = -1;
     release(self);
     Py_RETURN_NONE;
 }
@@ -379,31 +299,27 @@ PyDoc_STRVAR(unregister_doc,
 
 static PyObject *Buffers_unregister(Buffers *self, PyObject *Py_UNUSED(unused))
 {
-    struct io_uring_buf_reg reg;
-    int fd = self->ring_fd;
-    if (fd < 0)
-        Py_RETURN_NONE;
-    self->ring_fd = -1;
-    memset(&reg, 0, sizeof(reg));
-    reg.bgid = (unsigned short)self->group;
-    if (io_uring_register_call(fd, IORING_UNREGISTER_PBUF_RING, &reg) < 0)
+    int rc = ur_bufring_unregister(&self->ring);
+    if (rc < 0) {
+        errno = -rc;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *Buffers_circulating(Buffers *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromUnsignedLong(self->circulating);
+    return PyLong_FromUnsignedLong(self->ring.circulating);
 }
 
 static PyObject *Buffers_ring_address(Buffers *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromVoidPtr(self->br);
+    return PyLong_FromVoidPtr(self->ring.br);
 }
 
 static PyObject *Buffers_area_address(Buffers *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromVoidPtr(self->area);
+    return PyLong_FromVoidPtr(self->ring.area);
 }
 
 static PyMethodDef Buffers_methods[] = {
@@ -471,7 +387,7 @@ PyMODINIT_FUNC PyInit__buffers(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "HANDS_OVER", UR_HANDS_OVER) < 0) {
+    if (PyModule_AddIntConstant(m, "HANDS_OVER", 1) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,8 +2,8 @@
 Types of C{uringreactor._buffers} (C{_buffers.c}), for mypy.
 """
 
-# 1 where long reads are handed over without a copy (CPython), 0 where
-# every read is copied out (PyPy).
+# Long reads are handed over without a copy (always 1: the module is built
+# for CPython only).
 HANDS_OVER: int
 
 class Buffers:

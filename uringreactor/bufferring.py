@@ -5,12 +5,24 @@ operations take a buffer from when data arrives.
 
 from __future__ import annotations
 
+import platform
 from typing import TYPE_CHECKING
-
-from uringreactor._buffers import Buffers
 
 if TYPE_CHECKING:
     from uringreactor.ring import Ring
+
+# The buffers themselves: the CPython extension, which hands long reads
+# over without a copy, or under PyPy the cffi path, which copies every read
+# (see uringreactor.cffibuffers for why).
+if platform.python_implementation() == "CPython":
+    from uringreactor._buffers import HANDS_OVER, Buffers
+else:
+    from uringreactor.cffibuffers import (  # type: ignore[assignment]
+        HANDS_OVER,
+        Buffers,
+    )
+
+__all__ = ["HANDOVER", "HANDS_OVER", "BufferRing", "Buffers"]
 
 # Receives of at least this many bytes hand their provided buffer over as
 # the bytes object the protocol gets instead of copying out of it.  Shorter
@@ -33,10 +45,11 @@ class BufferRing:
     lap; a set no larger than the reads in flight need stays in the CPU's
     caches, where sweeping all of them would make every large read miss.
 
-    Long reads are not copied (L{uringreactor._buffers}): a buffer that
-    receives one becomes a bytes object, and the next long read into it is
-    handed to the protocol as that very object, a fresh one taking its
-    place.  Short reads are copied out.
+    On CPython long reads are not copied (L{uringreactor._buffers}): a
+    buffer that receives one becomes a bytes object, and the next long read
+    into it is handed to the protocol as that very object, a fresh one
+    taking its place.  Short reads, and under PyPy every read, are copied
+    out.
 
     @ivar bufferSize: the size of each buffer.
     @ivar count: how many buffers there can be.
