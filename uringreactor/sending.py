@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from uringreactor.operations import MSG_NOSIGNAL, Operation
+from uringreactor.operations import _BYTES_STAY_PUT, MSG_NOSIGNAL, Operation
 from uringreactor.outcomes import sendFailure
 
 if TYPE_CHECKING:
@@ -34,6 +34,13 @@ _JOIN_BELOW = 16384
 # Output up to this size, from the only transport writing in an iteration,
 # is sent with send() rather than through the ring (see Sender.flush).
 _DIRECT_BELOW = 65536
+
+# Where a send through the ring must copy its data (PyPy: see
+# uringreactor.operations._keepable), output of at least this size is
+# offered to send() first, which needs no copy: above it the copy, and the
+# memory pressure of its allocation on PyPy's collector, cost more than the
+# system call the ring would have saved.  (None where nothing is copied.)
+_DIRECT_FROM = None if _BYTES_STAY_PUT else 16384
 
 
 def coalesce(pieces: list[Any], length: int) -> list[Any]:
@@ -155,12 +162,16 @@ class Sender(Operation):
         driver = self.driver
         if len(pieces) > 1:
             pieces = coalesce(pieces, length)
-        if driver.sendDirectly and len(pieces) == 1 and length <= _DIRECT_BELOW:
+        if len(pieces) == 1 and (
+            (driver.sendDirectly and length <= _DIRECT_BELOW)
+            or (_DIRECT_FROM is not None and length >= _DIRECT_FROM)
+        ):
             # The only transport with output this iteration (a
             # request-response exchange): one send() now costs the same
             # system call as the io_uring_enter that would submit it, and
             # saves its completion, which would otherwise wake the loop
-            # once more before the next request.
+            # once more before the next request.  Or (PyPy) output large
+            # enough that the ring's copy of it would cost more.
             try:
                 sent = transport.socket.send(pieces[0], MSG_NOSIGNAL)
             except OSError as e:
