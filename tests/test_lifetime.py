@@ -591,3 +591,44 @@ def test_connectionStateStaysCompact(uring: IOUringReactor) -> None:
 
     names = run(uring, work)
     assert len(names) < 30, sorted(names)
+
+
+def test_cancelBeforeSubmissionNeverReachesTheKernel() -> None:
+    """
+    An operation cancelled while its SQE still waits in the SQ is withdrawn:
+    the kernel never runs it (data sent afterwards stays in the socket), its
+    one and final completion is C{-ECANCELED} at once, and nothing stays in
+    flight.  Operations prepared around it are unaffected.
+    """
+    from uringreactor._liburing import ffi
+    from uringreactor.operations import Operation
+    from uringreactor.ring import Ring
+
+    ring = Ring()
+    left, right = socket.socketpair()
+    other, otherPeer = socket.socketpair()
+    try:
+        seen: list[tuple[str, int]] = []
+        before = ring.inFlight
+        withdrawn = Operation(lambda res, flags: seen.append(("withdrawn", res)), None)
+        ring.receive(left.fileno(), ffi.new("char[]", 64), 64, withdrawn)
+        kept = Operation(lambda res, flags: seen.append(("kept", res)), None)
+        ring.receive(other.fileno(), ffi.new("char[]", 64), 64, kept)
+        assert ring.cancel(
+            withdrawn, late=lambda res, flags: seen.append(("late", res))
+        )
+        assert seen == [("late", -errno.ECANCELED)]
+        assert withdrawn.tag not in ring.ops
+        assert ring.inFlight == before + 1
+        right.send(b"for another reader")
+        otherPeer.send(b"x")
+        ring.enter(1.0)
+        ring.dispatch()
+        assert seen == [("late", -errno.ECANCELED), ("kept", 1)]
+        left.setblocking(False)
+        assert left.recv(100) == b"for another reader"
+        assert ring.inFlight == before
+    finally:
+        ring.close()
+        for s in (left, right, other, otherPeer):
+            s.close()

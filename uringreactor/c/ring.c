@@ -361,6 +361,29 @@ static inline void ur_release(struct ur_ring *r, uint64_t ud)
     }
 }
 
+/* Withdraw the operation tagged ud if its SQE is still in the SQ, not yet
+ * handed to the kernel: the SQE becomes an internal no-op (keeping its
+ * place in a link chain) and the tag is released, so no completion will
+ * ever come for it.  Returns 1 if withdrawn, 0 if the kernel has it. */
+int ur_withdraw(struct ur_ring *r, uint64_t ud)
+{
+    struct io_uring_sq *sq = &r->ring.sq;
+    unsigned i;
+
+    for (i = sq->sqe_head; i != sq->sqe_tail; i++) {
+        struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
+        if (sqe->user_data != ud)
+            continue;
+        unsigned char link = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
+        io_uring_prep_nop(sqe);
+        sqe->flags |= link;
+        io_uring_sqe_set_data64(sqe, 0);
+        ur_release(r, ud);
+        return 1;
+    }
+    return 0;
+}
+
 /* Reap what has completed during a drain: release the slots of finished
  * operations and close the sockets that late accepts still produced. */
 static void ur_drain_reap(struct ur_ring *r)

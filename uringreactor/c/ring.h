@@ -72,6 +72,7 @@ unsigned ur_sq_ready(struct ur_ring *r);
 int ur_submit(struct ur_ring *r);
 int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
+int ur_withdraw(struct ur_ring *r, uint64_t ud);
 int ur_drain(struct ur_ring *r, int timeout_ms);
 const char *ur_liburing_version(void);
 const char *ur_liburing_linkage(void);
