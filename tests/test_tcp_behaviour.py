@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
-from tests.conftest import requireFeature, run, sleep
+from tests.conftest import _release, requireFeature, run, sleep
+from uringreactor.reactor import IOUringReactor
 
 
 class Collect(Protocol):
@@ -344,6 +345,66 @@ def test_pausedReadingPushesBackOnThePeer(uring: Any) -> None:
     received = b"".join(server.chunks)
     assert len(received) == total
     assert hashlib.sha256(received).hexdigest() == sent.hexdigest()
+
+
+def test_removedReaderLeavesTheSocketAlone(anyReactor: Any) -> None:
+    """
+    After C{reactor.removeReader(transport)} the reactor takes nothing more
+    from the socket: data the peer sends stays in the kernel, where another
+    reader of the same descriptor (one adopted with C{adoptStreamConnection},
+    a child process) finds it, as on epoll; C{addReader} delivers it in
+    order.
+    """
+    _removedReaderLeavesTheSocketAlone(anyReactor)
+
+
+def test_removedReaderLeavesTheSocketAloneWithoutProvidedBuffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The same with single receives into the transport's own buffer (no
+    provided-buffer ring: kernels before 5.19).
+    """
+    monkeypatch.setenv("URINGREACTOR_DISABLE", "buf_ring")
+    reactor = IOUringReactor()
+    try:
+        assert reactor._driver.buffers is None
+        _removedReaderLeavesTheSocketAlone(reactor)
+    finally:
+        _release(reactor)
+
+
+def _removedReaderLeavesTheSocketAlone(anyReactor: Any) -> None:
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = anyReactor.listenTCP(0, serverFactory(servers), interface="127.0.0.1")
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        while not servers:
+            yield sleep(anyReactor, 0.001)
+        server = servers[0]
+        peer.sendall(b"first ")
+        while not server.chunks:
+            yield sleep(anyReactor, 0.001)
+        anyReactor.removeReader(server.transport)
+        yield sleep(anyReactor, 0.05)
+        peer.sendall(b"left in the kernel")
+        yield sleep(anyReactor, 0.1)
+        deliveredWhileRemoved = b"".join(server.chunks)
+        inKernel = server.transport.socket.recv(
+            100, socket.MSG_PEEK | socket.MSG_DONTWAIT
+        )
+        anyReactor.addReader(server.transport)
+        while b"".join(server.chunks) != b"first left in the kernel":
+            yield sleep(anyReactor, 0.01)
+        peer.close()
+        yield server.done
+        yield port.stopListening()
+        return deliveredWhileRemoved, inKernel
+
+    deliveredWhileRemoved, inKernel = run(anyReactor, work)
+    assert deliveredWhileRemoved == b"first "
+    assert inKernel == b"left in the kernel"
 
 
 def _connectFailure(reactor: Any, host: str, port: int, timeout: float) -> Any:

@@ -60,6 +60,11 @@ class AcceptingPort:
         if self._acceptOp is None:
             self._armAccept()
 
+    def _removedAsReader(self) -> None:
+        # reactor.removeReader(port): stopReading already cancels the
+        # accept in flight, leaving the socket alone.
+        self.stopReading()
+
     def stopReading(self) -> None:
         if not self._reading:
             return

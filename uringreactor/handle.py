@@ -157,6 +157,14 @@ class CompletionIO(_Host):
             self._register(receiver.driver)
         receiver.start()
 
+    def _removedAsReader(self) -> None:
+        """
+        C{reactor.removeReader(self)}: stop reading and leave the socket to
+        whatever else may read it (see L{Receiver.stop}).
+        """
+        if self._receiver is not None:
+            self._receiver.stop()
+
     def stopReading(self) -> None:
         """
         Stop delivering received data; the kernel stops reading the socket

@@ -162,7 +162,9 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         Stop watching C{reader} for readability.
         """
         if getattr(reader, "_uringHandle", False):
-            reader.stopReading()
+            # Unlike the transport's own stopReading (pauseProducing, which
+            # keeps a multishot receive armed), the socket is left alone.
+            reader._removedAsReader()
             return
         op = self._reads.pop(reader, None)
         if op is not None:

@@ -151,6 +151,45 @@ class Receiver(Operation):
             self.deliverCall.cancel()
             self.deliverCall = None
 
+    def stop(self) -> None:
+        """
+        Application code removed the transport as a reader
+        (C{reactor.removeReader}): as on epoll, the socket must then be left
+        alone, since something else may read it (a descriptor adopted
+        elsewhere, handed to a child).  Pause, and cancel the receive in
+        flight; what it still brings is held, in order.
+        """
+        self.pause()
+        if self.state == ARMED:
+            self._cancelWhileStopped()
+
+    def _cancelWhileStopped(self) -> None:
+        """
+        Cancel the single receive in flight; its completion, if it brings
+        data after all, is handled as usual (held, since reading is paused).
+        """
+        self.driver.ring.cancel(self, late=self._lateAfterStop)
+
+    def _lateAfterStop(self, res: int, flags: int) -> None:
+        """
+        The completion of the receive cancelled by L{stop}.
+        """
+        if self.state == CLOSED:
+            late = self.lateAfterClose()
+            if late is not None:
+                late(res, flags)
+            return
+        if res != _ECANCELED:
+            self.completed(res, flags)
+            return
+        self.finished()
+        if self.reading and not self.transport.disconnected:
+            # start() waited for this completion: do what it would have.
+            if self.held is not None or self.heldEnd is not None:
+                self._deliverLater()
+            else:
+                self.rearm()
+
     def close(self) -> list[Any] | None:
         """
         The transport is closing: cancel the receive in flight (its late
@@ -364,6 +403,10 @@ class BufferReceiver(Receiver):
         # chose to): arm it again.  Data already delivered came from
         # completions that preceded this one, so nothing reorders.
         self.rearm()
+
+    def _cancelWhileStopped(self) -> None:
+        # The multishot receive drains as when data arrives while paused.
+        self._pausedData()
 
     def _pausedData(self) -> None:
         """

@@ -141,6 +141,11 @@ class Port(udp.Port):
         if self._recvOp is None:
             self._armRecv()
 
+    def _removedAsReader(self) -> None:
+        # reactor.removeReader(port): stopReading already cancels the
+        # receive in flight, leaving the socket alone.
+        self.stopReading()
+
     def stopReading(self) -> None:
         if not self._reading:
             return
