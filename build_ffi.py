@@ -106,7 +106,6 @@ int ur_submit(struct ur_ring *r);
 int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
 int ur_drain(struct ur_ring *r, int timeout_ms);
-int ur_withdraw(struct ur_ring *r, uint64_t ud);
 
 int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
                      unsigned kind);

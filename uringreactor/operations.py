@@ -369,18 +369,19 @@ class Preparing:
         """
         if self.ops.get(op.tag) is not op or op.handler.__class__ is _Cancelled:
             return False
-        if lib.ur_withdraw(self._ptr, op.tag):
-            # Still in the SQ: the kernel never sees it (its SQE is now a
-            # no-op), and nothing of it has happened.  This is its final
-            # completion, here and now: an operation cancelled before it
-            # was submitted, as the kernel would report one.
+        rc = lib.ur_prep_cancel(self._ptr, op.tag)
+        if rc > 0:
+            # Withdrawn from the SQ: the kernel never sees it (its SQE is
+            # now a no-op), and nothing of it has happened.  This is its
+            # final completion, here and now: an operation cancelled before
+            # it was submitted, as the kernel would report one.
             del self.ops[op.tag]
             if late is not None:
                 late(-errno.ECANCELED, 0)
             return True
         op.handler = _Cancelled(self, late)
         self._cancelling += 1
-        self._check(lib.ur_prep_cancel(self._ptr, op.tag))
+        self._check(rc)
         return True
 
     def _check(self, rc: int) -> None:

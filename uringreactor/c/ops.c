@@ -25,7 +25,12 @@ int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
  * UR_KIND_INTERNAL and not tracked. */
 int ur_prep_cancel(struct ur_ring *r, uint64_t target)
 {
-    struct io_uring_sqe *sqe = ur_sqe(r);
+    struct io_uring_sqe *sqe;
+
+    /* Not yet handed to the kernel: nothing to cancel there. */
+    if (ur_withdraw(r, target))
+        return 1;
+    sqe = ur_sqe(r);
     if (!sqe)
         return -EBUSY;
     io_uring_prep_cancel64(sqe, target, 0);

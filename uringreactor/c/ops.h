@@ -37,6 +37,9 @@ struct ur_msg {
 
 int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
                      unsigned kind);
+/* Cancel the operation tagged target: 1 if it was withdrawn from the SQ
+ * before the kernel saw it (no completion will come), 0 if a cancel was
+ * queued (its final completion will), or -errno. */
 int ur_prep_cancel(struct ur_ring *r, uint64_t target);
 int64_t ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
                        int flags, int multishot, unsigned kind);
