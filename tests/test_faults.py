@@ -702,7 +702,7 @@ def test_sendENOBUFSIsRetried(anyReactor: Any) -> None:
             yield sleep(anyReactor, 0.001)
         if isinstance(anyReactor, IOUringReactor):
             # The completion of a send operation reporting ENOBUFS.
-            server.transport._sender.sent(-errno.ENOBUFS, 6, [b"second"])
+            server.transport._sendSide().sent(-errno.ENOBUFS, 6, [b"second"])
         else:
             server.transport.write(b"second")
         while sum(map(len, client.chunks)) < 11:

@@ -632,3 +632,68 @@ def test_cancelBeforeSubmissionNeverReachesTheKernel() -> None:
         ring.close()
         for s in (left, right, other, otherPeer):
             s.close()
+
+
+def test_idleConnectionsHoldNoSendSide(uring: IOUringReactor) -> None:
+    """
+    A connection that has sent everything lets its send side go, to the
+    next connection that writes; senders handed from one connection to
+    another never mix their output, and one with output still waiting keeps
+    its sender.
+    """
+
+    @inlineCallbacks
+    def work() -> Any:
+        servers: list[Any] = []
+        port = uring.listenTCP(0, _factory(servers), interface="127.0.0.1")
+        peers = [
+            socket.create_connection(("127.0.0.1", port.getHost().port))
+            for _ in range(8)
+        ]
+        while len(servers) < len(peers):
+            yield sleep(uring, 0.001)
+        transports = [p.transport for p in servers]
+        senders: set[int] = set()
+        expected = [b""] * len(peers)
+        for round in range(20):
+            # A different subset each round, all in one iteration (through
+            # the ring) or alone (a direct send).
+            writers = [i for i in range(len(peers)) if (i + round) % 3 != 0]
+            if round % 4 == 3:
+                writers = writers[:1]
+            for i in writers:
+                data = b"%d.%d;" % (i, round)
+                transports[i].write(data)
+                expected[i] += data
+                senders.add(id(transports[i]._sender))
+            yield sleep(uring, 0.01)
+            idle = [t._sender is None for t in transports]
+        # A large write, which the peer does not read yet, keeps its sender
+        # while it waits.
+        big = os.urandom(4 << 20)
+        transports[0].write(big)
+        expected[0] += big
+        yield sleep(uring, 0.05)
+        waiting = transports[0]._sender is not None
+        received = [b""] * len(peers)
+        for peer in peers:
+            peer.setblocking(False)
+        deadline = time.monotonic() + 30
+        while received != expected and time.monotonic() < deadline:
+            for i, peer in enumerate(peers):
+                try:
+                    received[i] += peer.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+            yield sleep(uring, 0.001)
+        for p in peers:
+            p.close()
+        yield port.stopListening()
+        return idle, waiting, senders, received, expected
+
+    idle, waiting, senders, received, expected = run(uring, work)
+    assert idle == [True] * 8
+    assert waiting
+    # Reused: never more senders than connections writing at once.
+    assert len(senders) <= 8
+    assert received == expected

@@ -41,6 +41,8 @@ class Driver:
     @ivar logContexts: the L{LogContexts} protocol code runs in.
     @ivar handles: the live handles.
     @ivar flushQueue: the handles to flush before the next submission.
+    @ivar idleSenders: senders no transport uses, for the next transport
+        that writes (see L{uringreactor.sending.Sender.sent}).
     @ivar sendDirectly: true while the only handle with output in this
         iteration flushes: it may then send with C{send()} at once (see
         L{uringreactor.sending.Sender}).
@@ -58,6 +60,7 @@ class Driver:
         self.logContexts = LogContexts()
         self.handles: set[Any] = set()
         self.flushQueue: list[Any] = []
+        self.idleSenders: list[Any] = []
         self.sendDirectly = False
         self._disconnect = disconnect
         self.callLater = callLater

@@ -126,8 +126,14 @@ class CompletionIO(_Host):
 
     def _newSender(self, driver: Any) -> Sender:
         """
-        The send side of this transport (see L{uringreactor.sending}).
+        The send side of this transport (see L{uringreactor.sending}): an
+        idle one the driver keeps, or a new one.
         """
+        pool = driver.idleSenders
+        if pool:
+            sender: Sender = pool.pop()
+            sender.transport = self
+            return sender
         return Sender(self, driver)
 
     def _register(self, driver: Any) -> None:
@@ -213,10 +219,19 @@ class CompletionIO(_Host):
         if not self._flushQueued:
             self._queueFlush()
 
+    def _sendSide(self) -> Sender:
+        """
+        The send side of this transport, which it holds only while it has
+        output (see L{Sender.release}).
+        """
+        sender = self._sender
+        if sender is None:
+            sender = self._sender = self._newSender(self.reactor._driver)
+        return sender
+
     def _queueFlush(self) -> None:
         driver = self.reactor._driver
-        if self._sender is None:
-            self._sender = self._newSender(driver)
+        self._sendSide()
         driver.queueFlush(self)
         if not self._registered:
             self._register(driver)

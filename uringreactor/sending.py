@@ -12,6 +12,9 @@ A sender is C{IDLE} (no send in flight) or C{SENDING}: L{Sender.op} is the
 one send in flight, which owns the pieces it sends until it completes.
 With one send at a time bytes never reorder; a partial send continues
 from where it stopped, and what waits meanwhile is L{Sender.leftover}.
+A sender that has sent everything, with nobody waiting for that, leaves
+its transport (L{Sender.release}) for the next one that writes: an idle
+connection holds no send side.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ _DIRECT_BELOW = 65536
 # memory pressure of its allocation on PyPy's collector, cost more than the
 # system call the ring would have saved.  (None where nothing is copied.)
 _DIRECT_FROM = None if _BYTES_STAY_PUT else 16384
+
+
+# The most idle senders a driver keeps (see Sender.release): enough for
+# every connection of a busy server to write in one iteration without
+# making a new one, few enough that idle connections cost nothing.
+_IDLE_SENDERS = 1024
 
 
 def coalesce(pieces: list[Any], length: int) -> list[Any]:
@@ -225,6 +234,10 @@ class Sender(Operation):
                 # Drained, and nobody waits for that (_allSent, inlined:
                 # this runs once per request).
                 transport._writing = False
+                if type(self) is Sender and not transport._flushQueued:
+                    # Nothing of the send side is left: the transport lets
+                    # it go, so that an idle connection holds none.
+                    self.release()
                 return False
             return transport._allSent()  # type: ignore[no-any-return]
         if res < 0:
@@ -236,6 +249,17 @@ class Sender(Operation):
             return True
         self.requeue(remainder(pieces, res), length - res)
         return False
+
+    def release(self) -> None:
+        """
+        Leave the transport, idle (nothing in flight, nothing waiting), for
+        the driver to give to the next transport that writes.
+        """
+        self.transport._sender = None
+        self.transport = None
+        pool = self.driver.idleSenders
+        if len(pool) < _IDLE_SENDERS:
+            pool.append(self)
 
     def requeue(self, pieces: list[Any], length: int) -> None:
         """
