@@ -10,9 +10,9 @@ declared once, below.
 
 The binding is deliberately small.  Python never touches a submission or
 completion queue entry directly: every operation is prepared by one C call
-that takes a free SQE, fills it in, tags it and returns the tag, and
-completions are copied out in batches into a flat array of
-C{(user_data, res, flags)} records.  Each crossing from Python into C costs
+that takes a free SQE, fills it in, tags it and returns the operation's
+slot, and completions are copied out in batches into a flat array of
+C{(slot, res, flags)} records.  Each crossing from Python into C costs
 tens of nanoseconds, so the helpers are shaped to need one crossing per
 operation and one per batch of completions.
 
@@ -27,9 +27,10 @@ the package to install on each distribution.
 
 C{user_data} layout (C{ring.h}): the low 8 bits hold the operation kind
 (C{UR_KIND_*}), the next 24 its slot in the table of operations in flight,
-the rest a serial number.  The kind lets the C side finish what Python can
-no longer do when a ring is torn down (close sockets that a cancelled
-accept still produced); the table lets it cancel every operation by its tag.
+the rest a serial number.  Python sees only the slot (it indexes Python's
+own table, a list); the kind lets the C side finish what Python can no
+longer do when a ring is torn down (close sockets that a cancelled accept
+still produced); the table lets it cancel every operation by its tag.
 """
 
 import os
@@ -86,7 +87,7 @@ struct ur_ring {
 };
 
 struct ur_cqe {
-    uint64_t user_data;
+    uint64_t slot;
     int32_t res;
     uint32_t flags;
 };
@@ -109,7 +110,7 @@ int ur_drain(struct ur_ring *r, int timeout_ms);
 
 int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
                      unsigned kind);
-int ur_prep_cancel(struct ur_ring *r, uint64_t target);
+int ur_prep_cancel(struct ur_ring *r, uint32_t slot);
 int64_t ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
                        int flags, int multishot, unsigned kind);
 int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,

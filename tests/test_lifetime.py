@@ -618,7 +618,7 @@ def test_cancelBeforeSubmissionNeverReachesTheKernel() -> None:
             withdrawn, late=lambda res, flags: seen.append(("late", res))
         )
         assert seen == [("late", -errno.ECANCELED)]
-        assert withdrawn.tag not in ring.ops
+        assert not ring.owns(withdrawn)
         assert ring.inFlight == before + 1
         right.send(b"for another reader")
         otherPeer.send(b"x")
@@ -697,3 +697,106 @@ def test_idleConnectionsHoldNoSendSide(uring: IOUringReactor) -> None:
     # Reused: never more senders than connections writing at once.
     assert len(senders) <= 8
     assert received == expected
+
+
+def test_newOperationsNeverTakeTheSlotOfACompletionStillToDeliver() -> None:
+    """
+    Operations are known by their slot in the ring's table.  A handler that
+    prepares new operations while a batch of completions is delivered gets
+    slots that no completion of that batch names: each completion reaches
+    the operation it belongs to, never a successor in its slot.
+    """
+    from uringreactor.operations import Operation
+    from uringreactor.ring import Ring
+
+    ring = Ring()
+    pipes = [os.pipe() for _ in range(8)]
+    quiet, quietEnd = os.pipe()
+    try:
+        seen: list[str] = []
+        born: list[Operation] = []
+
+        def first(res: int, flags: int) -> None:
+            seen.append("op0")
+            # Prepared while the others' completions are still to come.
+            for i in range(4):
+                op = ring.poll(quiet, select.POLLIN, _recorder(seen, f"new{i}"))
+                born.append(op)
+
+        ops = [ring.poll(pipes[0][1], select.POLLOUT, first)]
+        for i in range(1, len(pipes)):
+            op = ring.poll(pipes[i][1], select.POLLOUT, _recorder(seen, f"op{i}"))
+            ops.append(op)
+        ring.enter(1.0)
+        ring.dispatch()
+        assert seen == [f"op{i}" for i in range(len(pipes))]
+        assert {op.tag for op in born}.isdisjoint(op.tag for op in ops)
+        os.write(quietEnd, b"x")
+        ring.enter(1.0)
+        ring.dispatch()
+        assert sorted(seen[len(pipes) :]) == [f"new{i}" for i in range(4)]
+        assert ring.inFlight == 0
+    finally:
+        ring.close()
+        for fd in [quiet, quietEnd] + [fd for pipe in pipes for fd in pipe]:
+            os.close(fd)
+
+
+def _recorder(seen: list[Any], name: str) -> Any:
+    """
+    A handler that records C{name} in C{seen}.
+    """
+    return lambda res, flags: seen.append(name)
+
+
+def test_completionReapedWhileStoppedStaysWithItsOperation() -> None:
+    """
+    A completion reaped while the reactor is stopped (L{Ring.settle}) waits
+    for the next dispatch with its operation: an operation prepared
+    meanwhile, which may take the finished one's slot, does not receive
+    it; and cancelling the operation before that dispatch hands the
+    completion to the cancel's C{late}, never to the owner.
+    """
+    from uringreactor._liburing import ffi
+    from uringreactor.operations import Operation
+    from uringreactor.ring import Ring
+
+    ring = Ring()
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        seen: list[tuple[str, int]] = []
+        kept = Operation(_resultRecorder(seen, "kept"), None)
+        ring.receive(pairs[0][0].fileno(), ffi.new("char[]", 64), 64, kept)
+        dropped = Operation(_resultRecorder(seen, "dropped"), None)
+        ring.receive(pairs[1][0].fileno(), ffi.new("char[]", 64), 64, dropped)
+        ring.enter(0)
+        pairs[0][1].send(b"abc")
+        pairs[1][1].send(b"defg")
+        deadline = time.monotonic() + 5
+        while len(ring._deferred) < 2 and time.monotonic() < deadline:
+            ring.settle(0.01)
+        assert seen == []
+        newcomer = Operation(_resultRecorder(seen, "newcomer"), None)
+        ring.receive(pairs[2][0].fileno(), ffi.new("char[]", 64), 64, newcomer)
+        assert ring.cancel(dropped, late=_resultRecorder(seen, "late"))
+        assert seen == [("late", 4)]
+        ring.enter(0)
+        ring.dispatch()
+        assert seen == [("late", 4), ("kept", 3)]
+        pairs[2][1].send(b"hi")
+        ring.enter(1.0)
+        ring.dispatch()
+        assert seen == [("late", 4), ("kept", 3), ("newcomer", 2)]
+        assert ring.inFlight == 0
+    finally:
+        ring.close()
+        for pair in pairs:
+            for s in pair:
+                s.close()
+
+
+def _resultRecorder(seen: list[Any], name: str) -> Any:
+    """
+    A handler that records C{(name, res)} in C{seen}.
+    """
+    return lambda res, flags: seen.append((name, res))

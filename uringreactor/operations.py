@@ -1,15 +1,18 @@
 """
 Operations: what the kernel owns, and how the ring prepares it.
 
-Every operation submitted to the kernel is an L{Operation}: its
-C{user_data} tag (allocated by the C call that prepares it; the C side keeps
-a table of the tags in flight, so that a ring released without its loop can
-cancel each of them), the handler its completions go to, a callable
-C{handler(res, flags)}, and everything the kernel may read or write for it
-(Python buffers, cffi memory).  The ring's table (C{Ring.ops}) maps each
-tag to its operation for exactly as long as the kernel owns it: until the
-last completion for the tag arrives (for multishot operations, the first
-completion without C{IORING_CQE_F_MORE}).  So whatever the kernel touches
+Every operation submitted to the kernel is an L{Operation}: its slot in
+the ring's table (allocated by the C call that prepares it, which tags the
+SQE with it; the C side keeps the tags in flight, so that a ring released
+without its loop can cancel each of them), the handler its completions go
+to, a callable C{handler(res, flags)}, and everything the kernel may read
+or write for it (Python buffers, cffi memory).  The ring's table
+(C{Ring.ops}, a list indexed by slot) holds each operation for exactly as
+long as the kernel owns it: until its last completion arrives (for
+multishot operations, the first completion without C{IORING_CQE_F_MORE}).
+A slot, a small number, costs the table one list entry; the 64-bit tags
+the kernel sees would cost a dictionary entry and an integer object each,
+for every idle connection's armed receive.  So whatever the kernel touches
 is alive while it may touch it, whoever else lets go of it.
 
 Only L{Preparing}, which the ring is, prepares operations: the transports
@@ -88,7 +91,8 @@ class Operation:
     One operation the kernel owns, from its preparation to its last
     completion.
 
-    @ivar tag: its C{user_data}.
+    @ivar tag: its slot in the ring's table (the C side keeps the
+        C{user_data} tag the kernel knows it by).
     @ivar handler: called as C{handler(res, flags)} for each completion; or
         L{None}, for operation objects that handle their completions
         themselves, in a method C{completed(res, flags)}.  (Receivers and
@@ -154,12 +158,14 @@ class Preparing:
     """
     The operations a ring prepares (mixed into L{uringreactor.ring.Ring}).
 
-    @ivar ops: maps the C{user_data} of each operation the kernel owns to the
-        L{Operation}.
+    @ivar ops: the table of the operations the kernel owns, indexed by
+        slot (L{None} in free slots).
     """
 
     _ptr: Any
-    ops: dict[int, Operation]
+    ops: list[Operation | None]
+    # Completions reaped while settling, for their owners' next dispatch.
+    _deferred: list[tuple[Operation, int, int]]
     # Cancelled operations whose final completion has not arrived yet.
     _cancelling: int
 
@@ -182,8 +188,21 @@ class Preparing:
             raise submissionError(ud)
         op.memory = memory
         op.tag = ud
-        self.ops[ud] = op
+        try:
+            self.ops[ud] = op
+        except IndexError:
+            self._grow(ud)
+            self.ops[ud] = op
         return op
+
+    def _grow(self, slot: int) -> None:
+        """
+        Make the table long enough for C{slot} (the C side's table doubles
+        the same way).
+        """
+        ops = self.ops
+        while len(ops) <= slot:
+            ops.extend([None] * max(len(ops), 1024))
 
     def poll(self, fd: int, mask: int, handler: Handler) -> Operation:
         """
@@ -263,7 +282,11 @@ class Preparing:
             raise submissionError(ud)
         op.memory = memory
         op.tag = ud
-        self.ops[ud] = op
+        try:
+            self.ops[ud] = op
+        except IndexError:
+            self._grow(ud)
+            self.ops[ud] = op
 
     def receiveMessage(
         self,
@@ -367,21 +390,49 @@ class Preparing:
             what they carry (see L{_Cancelled}).
         @return: C{True} if the operation was still in flight.
         """
-        if self.ops.get(op.tag) is not op or op.handler.__class__ is _Cancelled:
+        if op.handler.__class__ is _Cancelled:
             return False
+        if not self.owns(op):
+            return self._cancelReaped(op, late)
         rc = lib.ur_prep_cancel(self._ptr, op.tag)
         if rc > 0:
             # Withdrawn from the SQ: the kernel never sees it (its SQE is
             # now a no-op), and nothing of it has happened.  This is its
             # final completion, here and now: an operation cancelled before
             # it was submitted, as the kernel would report one.
-            del self.ops[op.tag]
+            self.ops[op.tag] = None
             if late is not None:
                 late(-errno.ECANCELED, 0)
             return True
         op.handler = _Cancelled(self, late)
         self._cancelling += 1
         self._check(rc)
+        return True
+
+    def owns(self, op: Operation) -> bool:
+        """
+        Whether C{op} is in the table: the kernel has not finished it, or
+        its last completion has not been reaped.
+        """
+        ops = self.ops
+        tag = op.tag
+        return tag < len(ops) and ops[tag] is op
+
+    def _cancelReaped(self, op: Operation, late: Handler | None) -> bool:
+        """
+        Cancel C{op} whose last completion was reaped while the reactor was
+        stopped and waits for the next dispatch (see C{Ring.settle}): its
+        owner will not hear of those completions, C{late} takes them now.
+
+        @return: C{True} if some were waiting.
+        """
+        waiting = [record for record in self._deferred if record[0] is op]
+        if not waiting:
+            return False
+        self._deferred = [record for record in self._deferred if record[0] is not op]
+        if late is not None:
+            for _, res, flags in waiting:
+                late(res, flags)
         return True
 
     def _check(self, rc: int) -> None:

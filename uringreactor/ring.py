@@ -15,7 +15,7 @@ SQE must therefore stay open until that call has been made: see
 L{Ring.closeAfterSubmit}.
 
 Completions are copied out of the CQ in batches by one C call into an array of
-C{(user_data, res, flags)} records, then dispatched from Python.
+C{(slot, res, flags)} records, then dispatched from Python.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from uringreactor._liburing import ffi, lib
 from uringreactor.bufferring import Buffers
 from uringreactor.features import Features
-from uringreactor.operations import F_MORE, Preparing, _Cancelled
+from uringreactor.operations import F_MORE, Operation, Preparing, _Cancelled
 from uringreactor.ringsetup import checkRing, setUp
 
 _log = Logger()
@@ -89,8 +89,9 @@ class Ring(Preparing):
     An io_uring instance, the operations in flight on it, and the counters
     that describe its use.
 
-    @ivar ops: maps the C{user_data} of each operation the kernel owns to the
-        L{uringreactor.operations.Operation}.
+    @ivar ops: the operations the kernel owns, each
+        L{uringreactor.operations.Operation} at its slot (see
+        L{uringreactor.operations}).
     @ivar features: the optional features in use on this ring.
     """
 
@@ -114,13 +115,12 @@ class Ring(Preparing):
         if "spin_wait" in features:
             self._ptr.spin_max_ns = features.spinMicroseconds * 1000
             self._ptr.spin_ns = self._ptr.spin_max_ns
-        self.ops = {}
+        self.ops = [None] * 1024
         self._cqes = ffi.new("struct ur_cqe[]", _REAP_BATCH)
         self._cqeView = memoryview(ffi.buffer(self._cqes))
         self._pendingCloses: list[socket.socket | int] = []
         self._cancelling = 0
-        # Completions reaped while settling, for their owners' next dispatch.
-        self._deferred: list[tuple[int, int, int]] = []
+        self._deferred = []
         self._started = False
         self._bufferRings: list[Buffers] = []
         self._finalizer = weakref.finalize(
@@ -234,7 +234,7 @@ class Ring(Preparing):
     def _reaped(self) -> Iterator[Iterable[tuple[int, int, int]]]:
         """
         Copy completions out of the CQ a batch at a time (one C call each)
-        and yield each batch as C{(user_data, res, flags)} records, until
+        and yield each batch as C{(slot, res, flags)} records, until
         the CQ is empty.  A batch must be consumed before the next one is
         asked for: they share one buffer.
         """
@@ -249,7 +249,7 @@ class Ring(Preparing):
                 if _UNPACK_CQES:
                     yield unpack(view[: n * 16])
                 else:
-                    yield [(c.user_data, c.res, c.flags) for c in cqes[0:n]]
+                    yield [(c.slot, c.res, c.flags) for c in cqes[0:n]]
             if n < _REAP_BATCH:
                 return
 
@@ -260,20 +260,22 @@ class Ring(Preparing):
         """
         if self._deferred:
             deferred, self._deferred = self._deferred, []
-            self._deliver(deferred)
+            for op, res, flags in deferred:
+                self._deliverTo(op, res, flags)
         for batch in self._reaped():
             self._deliver(batch)
 
     def _deliver(self, completions: Iterable[tuple[int, int, int]]) -> None:
         ops = self.ops
         more = F_MORE
-        for ud, res, flags in completions:
-            if flags & more:
-                op = ops.get(ud)
-            else:
-                op = ops.pop(ud, None)
+        for slot, res, flags in completions:
+            op = ops[slot]
             if op is None:
                 continue
+            if not flags & more:
+                # Its last: the C side has freed the slot already.
+                ops[slot] = None
+            # _deliverTo, inlined: this runs once per completion.
             try:
                 handler = op.handler
                 if handler is None:
@@ -283,6 +285,20 @@ class Ring(Preparing):
             except BaseException:
                 _log.failure("Unhandled error in io_uring completion handler")
 
+    def _deliverTo(self, op: Operation, res: int, flags: int) -> None:
+        """
+        Deliver one completion, reaped earlier, to C{op}'s handler now (a
+        cancelled one's, if it was cancelled meanwhile).
+        """
+        try:
+            handler = op.handler
+            if handler is None:
+                op.completed(res, flags)
+            else:
+                handler(res, flags)
+        except BaseException:
+            _log.failure("Unhandled error in io_uring completion handler")
+
     def settle(self, timeout: float) -> None:
         """
         Hand everything prepared to the kernel, close the sockets waiting for
@@ -290,7 +306,9 @@ class Ring(Preparing):
         of cancelled operations, so that a stopped reactor leaves nothing in
         flight but what is still in use.  Completions of live operations
         reaped meanwhile are kept, in order, for the next L{dispatch}: nothing
-        reaches a protocol while the reactor is not running.
+        reaches a protocol while the reactor is not running.  They are kept
+        with their operations, out of the table: the C side has freed the
+        slots of those that finished, for new operations to take.
         """
         if self.closed:
             return
@@ -303,16 +321,16 @@ class Ring(Preparing):
             self._closePending()
             _checkEnter(rc)
             for batch in self._reaped():
-                for ud, res, flags in batch:
-                    op = ops.get(ud)
+                for slot, res, flags in batch:
+                    op = ops[slot]
                     if op is None:
                         continue
+                    if not flags & F_MORE:
+                        ops[slot] = None
                     if op.handler.__class__ is _Cancelled:
-                        if not flags & F_MORE:
-                            del ops[ud]
                         op.handler(res, flags)
                     else:
-                        self._deferred.append((ud, res, flags))
+                        self._deferred.append((op, res, flags))
             if not self._cancelling or time.monotonic() >= deadline:
                 return
 

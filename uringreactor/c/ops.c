@@ -21,14 +21,21 @@ int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
     return ur_tag(r, sqe, ud);
 }
 
-/* Cancel the operation tagged target.  The cancellation itself is tagged
- * UR_KIND_INTERNAL and not tracked. */
-int ur_prep_cancel(struct ur_ring *r, uint64_t target)
+/* Cancel the operation in slot, by its tag.  The cancellation itself is
+ * tagged UR_KIND_INTERNAL and not tracked. */
+int ur_prep_cancel(struct ur_ring *r, uint32_t slot)
 {
     struct io_uring_sqe *sqe;
+    uint64_t target;
 
+    if (!slot || slot >= r->nslots)
+        return -ENOENT;
+    /* Finished: its last completion was copied out in the batch being
+     * delivered, and reaches the canceller's record from there. */
+    if (!(target = r->slots[slot]))
+        return 0;
     /* Not yet handed to the kernel: nothing to cancel there. */
-    if (ur_withdraw(r, target))
+    if (ur_withdraw(r, slot))
         return 1;
     sqe = ur_sqe(r);
     if (!sqe)

@@ -1,6 +1,7 @@
 /*
  * The operations Python prepares: each takes a free SQE, fills it in and
- * tags it (ur_begin), and returns the tag, or a negative errno.
+ * tags it (ur_begin), and returns the operation's slot, or a negative
+ * errno.
  */
 #ifndef UR_OPS_H
 #define UR_OPS_H
@@ -37,10 +38,12 @@ struct ur_msg {
 
 int64_t ur_prep_poll(struct ur_ring *r, int fd, unsigned mask, int multishot,
                      unsigned kind);
-/* Cancel the operation tagged target: 1 if it was withdrawn from the SQ
- * before the kernel saw it (no completion will come), 0 if a cancel was
- * queued (its final completion will), or -errno. */
-int ur_prep_cancel(struct ur_ring *r, uint64_t target);
+/* Cancel the operation in slot: 1 if it was withdrawn from the SQ before
+ * the kernel saw it (no completion will come), 0 if its final completion
+ * is still to be delivered (a cancel was queued, or the kernel has
+ * finished it and the completion is in the batch being delivered), or
+ * -errno (-ENOENT: no such slot). */
+int ur_prep_cancel(struct ur_ring *r, uint32_t slot);
 int64_t ur_prep_accept(struct ur_ring *r, int fd, void *addr, void *addrlen,
                        int flags, int multishot, unsigned kind);
 int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,

@@ -66,9 +66,11 @@ void ur_ring_exit(struct ur_ring *r)
     io_uring_queue_exit(&r->ring);
     free(r->slots);
     free(r->free_slots);
+    free(r->reaped_slots);
     r->slots = NULL;
     r->free_slots = NULL;
-    r->nslots = r->nfree = 0;
+    r->reaped_slots = NULL;
+    r->nslots = r->nfree = r->nreaped = 0;
 }
 
 /* A ring created with IORING_SETUP_R_DISABLED takes its single issuer from
@@ -258,27 +260,40 @@ int ur_enter(struct ur_ring *r, int wait, long long timeout_ns)
     return ur_submit_rest(r, ret);
 }
 
-static inline void ur_release(struct ur_ring *r, uint64_t ud);
-
-/* Copy up to max completions into out and mark them seen. */
+/* Copy up to max completions into out and mark them seen.  The batch
+ * copied out by the previous call has been delivered: its finished
+ * operations' slots become free now (see struct ur_ring). */
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max)
 {
     struct io_uring_cqe *cqe;
     unsigned head;
     int n = 0, seen = 0;
 
+    while (r->nreaped)
+        r->free_slots[r->nfree++] = r->reaped_slots[--r->nreaped];
+
     io_uring_for_each_cqe(&r->ring, head, cqe) {
         if (n == max)
             break;
         seen++;
-        if (cqe->user_data == LIBURING_UDATA_TIMEOUT)
+        uint64_t ud = cqe->user_data;
+        uint32_t slot = UR_SLOT(ud);
+
+        /* Internal operations (cancels, withdrawn SQEs) have no owner in
+         * Python, and a completion whose slot no longer holds its tag has
+         * none either. */
+        if (ud == LIBURING_UDATA_TIMEOUT || UR_KIND(ud) == UR_KIND_INTERNAL ||
+            slot >= r->nslots || r->slots[slot] != ud)
             continue;
-        out[n].user_data = cqe->user_data;
+        out[n].slot = slot;
         out[n].res = cqe->res;
         out[n].flags = cqe->flags;
-        if (UR_KIND(cqe->user_data) != UR_KIND_INTERNAL &&
-            !(cqe->flags & IORING_CQE_F_MORE))
-            ur_release(r, cqe->user_data);
+        if (!(cqe->flags & IORING_CQE_F_MORE)) {
+            /* Its last: the kernel is done with it. */
+            r->slots[slot] = 0;
+            r->reaped_slots[r->nreaped++] = slot;
+            r->inflight--;
+        }
         n++;
     }
     if (seen)
@@ -304,7 +319,7 @@ static int ur_grow_slots(struct ur_ring *r)
 {
     uint32_t n = r->nslots ? r->nslots * 2 : 1024, i;
     uint64_t *slots;
-    uint32_t *free_slots;
+    uint32_t *free_slots, *reaped_slots;
 
     if (n > (1u << UR_SLOT_BITS))
         return -EBUSY;
@@ -316,10 +331,16 @@ static int ur_grow_slots(struct ur_ring *r)
     if (!free_slots)
         return -ENOMEM;
     r->free_slots = free_slots;
-    /* Lowest slot on top of the stack. */
+    reaped_slots = realloc(r->reaped_slots, n * sizeof(*reaped_slots));
+    if (!reaped_slots)
+        return -ENOMEM;
+    r->reaped_slots = reaped_slots;
+    /* Lowest slot on top of the stack; slot 0 is never used, so that a
+     * slot is always a positive number, as the tags it replaces were. */
     for (i = n; i > r->nslots; i--) {
         slots[i - 1] = 0;
-        free_slots[r->nfree++] = i - 1;
+        if (i > 1)
+            free_slots[r->nfree++] = i - 1;
     }
     r->nslots = n;
     return 0;
@@ -361,13 +382,14 @@ static inline void ur_release(struct ur_ring *r, uint64_t ud)
     }
 }
 
-/* Withdraw the operation tagged ud if its SQE is still in the SQ, not yet
+/* Withdraw the operation in slot if its SQE is still in the SQ, not yet
  * handed to the kernel: the SQE becomes an internal no-op (keeping its
- * place in a link chain) and the tag is released, so no completion will
+ * place in a link chain) and the slot is released, so no completion will
  * ever come for it.  Returns 1 if withdrawn, 0 if the kernel has it. */
-int ur_withdraw(struct ur_ring *r, uint64_t ud)
+int ur_withdraw(struct ur_ring *r, uint32_t slot)
 {
     struct io_uring_sq *sq = &r->ring.sq;
+    uint64_t ud = r->slots[slot];
     unsigned i;
 
     for (i = sq->sqe_head; i != sq->sqe_tail; i++) {

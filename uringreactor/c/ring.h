@@ -17,8 +17,10 @@
 #define UR_KIND_SEND 4
 #define UR_KIND(ud) ((unsigned)((ud) & 0xff))
 /* user_data: bits 0-7 the kind, 8-31 the operation's slot in the ring's
- * table of operations in flight, 32-62 a serial number, so that a tag is
- * never reused while Python may still hold it. */
+ * table of operations in flight, 32-62 a serial number, so that a
+ * completion that outlived its slot's operation (none should) is never
+ * taken for its successor's.  Python knows an operation by its slot alone
+ * (never 0), which indexes its own table; the C side keeps the tag. */
 #define UR_SLOT_BITS 24
 #define UR_SLOT(ud) ((uint32_t)(((ud) >> 8) & ((1u << UR_SLOT_BITS) - 1)))
 
@@ -46,17 +48,25 @@ struct ur_ring {
     /* The operations the kernel owns: the user_data of each in its slot
      * (0 for a free slot), and a stack of free slots.  With it a ring
      * released without its event loop can cancel every operation by its
-     * tag, on every kernel (IORING_ASYNC_CANCEL_ANY needs 5.19). */
+     * tag, on every kernel (IORING_ASYNC_CANCEL_ANY needs 5.19).  The
+     * slots of operations finished in the batch ur_reap last copied out
+     * are freed only at the next ur_reap: Python, which knows operations
+     * by their slot, prepares new ones while it delivers that batch, and a
+     * new operation must not take the slot of one whose completion is
+     * still to be delivered. */
     uint64_t *slots;
     uint32_t *free_slots;
+    uint32_t *reaped_slots;
     uint32_t nslots;
     uint32_t nfree;
+    uint32_t nreaped;
     uint32_t serial;
 };
 
-/* One completion as Python reads it, copied out of the CQ in batches. */
+/* One completion as Python reads it, copied out of the CQ in batches: the
+ * slot of the operation it belongs to. */
 struct ur_cqe {
-    uint64_t user_data;
+    uint64_t slot;
     int32_t res;
     uint32_t flags;
 };
@@ -72,7 +82,7 @@ unsigned ur_sq_ready(struct ur_ring *r);
 int ur_submit(struct ur_ring *r);
 int ur_enter(struct ur_ring *r, int wait, long long timeout_ns);
 int ur_reap(struct ur_ring *r, struct ur_cqe *out, int max);
-int ur_withdraw(struct ur_ring *r, uint64_t ud);
+int ur_withdraw(struct ur_ring *r, uint32_t slot);
 int ur_drain(struct ur_ring *r, int timeout_ms);
 const char *ur_liburing_version(void);
 const char *ur_liburing_linkage(void);
@@ -82,12 +92,13 @@ const char *ur_liburing_linkage(void);
 struct io_uring_sqe *ur_sqe(struct ur_ring *r);
 int64_t ur_begin(struct ur_ring *r, unsigned kind, struct io_uring_sqe **sqe);
 
+/* Tag a prepared SQE; what the prep helpers return: the slot. */
 static inline int64_t ur_tag(struct ur_ring *r, struct io_uring_sqe *sqe,
                              int64_t ud)
 {
     io_uring_sqe_set_data64(sqe, (uint64_t)ud);
     r->sqes++;
-    return ud;
+    return UR_SLOT(ud);
 }
 
 #define UR_BEGIN(r, kind, sqe, ud) \
