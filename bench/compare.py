@@ -7,9 +7,13 @@ others), in one session, rounds interleaved.
                             [--baseline PATH]
 
 Each measurement starts a fresh server (bench/server.py) pinned to CPU 0 and
-a load generator pinned to CPU 1: for echo scenarios the native
-bench/loadgen.c, which verifies every echoed byte and reads the server's CPU
-time over exactly its measurement window; for twisted.web, wrk.  Rounds
+a load generator pinned to CPU 1: for echo scenarios (TCP, UNIX, TLS, a
+connection per request) the native bench/loadgen.c, which verifies every
+echoed byte and reads the server's CPU time over exactly its measurement
+window; for UDP echo bench/udpload.c, which does the same per datagram; for
+twisted.web (plain, Connection: close, TLS, static files), wrk; for
+twisted.names, dnsperf.  The process scenarios (bench/processes.py: a
+child's 256 MiB stdout, short-lived children) are their own load.  Rounds
 interleave the servers (A B C A B C ...) so drift in the machine's speed hits
 all of them alike; the table shows medians, the spread (min-max of
 requests/s), server CPU per request, latency percentiles, the load
@@ -56,11 +60,30 @@ BUILD = ROOT / "build"
 
 @dataclass(frozen=True)
 class Scenario:
+    """
+    One workload.
+
+    @ivar kind: C{echo} (bench/loadgen.c against the echo app), C{idle}
+        (memory held by idle connections), C{web} (wrk against twisted.web),
+        C{udp} (bench/udpload.c against a datagram echo), C{dns} (dnsperf
+        against twisted.names) or C{process} (bench/processes.py, which is
+        its own load).
+    @ivar variant: for C{echo}, C{unix}, C{tls} or C{churn} (a connection
+        per request); for C{web}, C{close} (C{Connection: close}), C{tls}
+        or C{static} (twisted.web's C{File}); for C{process}, C{pipe} or
+        C{spawn}; empty for plain TCP.
+    @ivar path: the URL path for C{web}.
+    @ivar unit: what a "request" is, for the table.
+    """
+
     name: str
     connections: int
     size: int
     depth: int
-    kind: str = "echo"  # echo, idle (memory) or web (wrk)
+    kind: str = "echo"
+    variant: str = ""
+    path: str = "/"
+    unit: str = "req"
 
 
 QUICK = [
@@ -75,9 +98,32 @@ FULL = [
     Scenario("10000 conns, 64 B", 10000, 64, 1),
     Scenario("64 conns, 4 KiB x4 pipelined", 64, 4096, 4),
     Scenario("16 conns, 64 KiB", 16, 65536, 1),
+    Scenario("UNIX 64 conns, 64 B", 64, 64, 1, variant="unix"),
+    Scenario("TLS 64 conns, 64 B", 64, 64, 1, variant="tls"),
+    Scenario("TLS 16 conns, 64 KiB", 16, 65536, 1, variant="tls"),
+    Scenario(
+        "churn: conn per 64 B echo, 16 at once", 16, 64, 1, variant="churn", unit="conn"
+    ),
+    Scenario("UDP 64 B, 64 in flight", 64, 64, 1, "udp", unit="dgram"),
+    Scenario("UDP 1400 B, 64 in flight", 64, 1400, 1, "udp", unit="dgram"),
+    Scenario("twisted.names UDP, dnsperf 64", 64, 0, 1, "dns", unit="query"),
     Scenario("twisted.web, wrk 64 conns", 64, 0, 1, "web"),
+    Scenario("twisted.web Connection: close", 16, 0, 1, "web", "close"),
+    Scenario("twisted.web TLS, wrk 64 conns", 64, 0, 1, "web", "tls"),
+    Scenario("static 64 KiB file, wrk 16", 16, 0, 1, "web", "static", "/64k"),
+    Scenario("static 1 MiB file, wrk 16", 16, 0, 1, "web", "static", "/1m"),
+    Scenario("child stdout 256 MiB", 1, 0, 1, "process", "pipe", unit="MiB"),
+    Scenario("spawn /bin/true, 8 at once", 8, 0, 1, "process", "spawn", unit="spawn"),
     Scenario("10000 idle conns (memory)", 10000, 64, 0, "idle"),
 ]
+
+# What each kind of scenario needs beyond the compiler.
+_TOOLS = {"web": "wrk", "dns": "dnsperf"}
+
+# dnsperf's queries: names of the dns app's zone (bench/server.py).
+DNS_QUERIES = (
+    "bench.example A\nwww.bench.example A\nbench.example NS\nbench.example SOA\n"
+)
 
 # The native reference: an epoll echo server in C (bench/echo_server.c).
 NATIVE = "c-epoll"
@@ -103,36 +149,76 @@ def available(reactor: str) -> bool:
     return True
 
 
-def _buildNative(name: str) -> Path:
+def _buildNative(
+    name: str, source: str | None = None, flags: tuple[str, ...] = ()
+) -> Path:
     """
-    Compile C{bench/NAME.c} if its binary is missing or older than it.
+    Compile C{bench/SOURCE.c} (C{NAME.c} by default) into C{build/NAME} if
+    that is missing or older than it.
     """
-    source = HERE / f"{name}.c"
+    path = HERE / f"{source or name}.c"
     binary = BUILD / name
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+    if not binary.exists() or binary.stat().st_mtime < path.stat().st_mtime:
         BUILD.mkdir(exist_ok=True)
         subprocess.run(
-            ["cc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True
+            ["cc", "-O2", "-Wall", "-o", str(binary), str(path), *flags], check=True
         )
     return binary
 
 
-def buildNative() -> Path:
+def buildNative(scenarios: list[Scenario]) -> dict[str, Path]:
     """
-    Compile the load generator and the native reference server; return the
-    load generator.
+    Compile the load generators the scenarios use and the native reference
+    server.
     """
-    _buildNative("echo_server")
-    return _buildNative("loadgen")
+    tools = {
+        "echo_server": _buildNative("echo_server"),
+        "loadgen": _buildNative("loadgen"),
+    }
+    kinds = {(sc.kind, sc.variant) for sc in scenarios}
+    if ("udp", "") in kinds:
+        tools["udpload"] = _buildNative("udpload")
+    if ("echo", "tls") in kinds:
+        tools["loadgen-tls"] = _buildNative(
+            "loadgen-tls", "loadgen", ("-DLOADGEN_TLS", "-lssl", "-lcrypto")
+        )
+    return tools
 
 
 def echoOnly(reactor: str) -> bool:
     """
-    Whether a server serves only the echo app: the references without
+    Whether a server serves only the TCP echo app: the references without
     Twisted.
     """
     reactor = splitReactor(reactor)[0]
     return reactor.endswith("-plain") or reactor == NATIVE
+
+
+def serves(reactor: str, scenario: Scenario) -> bool:
+    """
+    Whether a reactor's server runs a scenario: the references without
+    Twisted only run TCP echo and idle connections.
+    """
+    if echoOnly(reactor):
+        return scenario.kind in ("echo", "idle") and not scenario.variant
+    return True
+
+
+def serverArguments(scenario: Scenario) -> list[str]:
+    """
+    bench/server.py's arguments for a scenario's app.
+    """
+    if scenario.kind in ("udp", "dns"):
+        return ["--app", scenario.kind]
+    if scenario.kind == "web":
+        app = "static" if scenario.variant == "static" else "web"
+        return ["--app", app] + (["--tls"] if scenario.variant == "tls" else [])
+    extra = {"tls": ["--tls"], "unix": ["--unix", str(UNIX_PATH)]}
+    return ["--app", "echo"] + extra.get(scenario.variant, [])
+
+
+# Where the UNIX echo scenario's server listens.
+UNIX_PATH = BUILD / "bench-echo.sock"
 
 
 def _pin(cpu: int) -> Any:
@@ -168,18 +254,29 @@ def referenceFor(reactor: str) -> str:
     return "epoll" + splitReactor(reactor)[1]
 
 
-def _startServer(reactor: str, app: str) -> tuple[subprocess.Popen[str], int]:
-    env = None
+def _python(reactor: str) -> tuple[str, str, dict[str, str] | None]:
+    """
+    The reactor's name for bench/server.py, the interpreter to run it, and
+    its environment (None: this one's).
+    """
     reactor, suffix = splitReactor(reactor)
     python = _interpreters[suffix[1:]] if suffix else sys.executable
-    if reactor == NATIVE:
-        command = [str(BUILD / "echo_server")]
-    elif reactor == BASELINE:
+    if reactor == BASELINE:
         assert _baselinePath is not None
-        env = dict(os.environ, PYTHONPATH=_baselinePath)
-        command = [python, str(HERE / "server.py"), "iouring", "--app", app]
+        return "iouring", python, dict(os.environ, PYTHONPATH=_baselinePath)
+    return reactor, python, None
+
+
+def _startServer(
+    reactor: str, arguments: list[str]
+) -> tuple[subprocess.Popen[str], int]:
+    if splitReactor(reactor)[0] == NATIVE:
+        command, env = [str(BUILD / "echo_server")], None
     else:
-        command = [python, str(HERE / "server.py"), reactor, "--app", app]
+        name, python, env = _python(reactor)
+        command = [python, str(HERE / "server.py"), name, *arguments]
+        if "--unix" in arguments:
+            UNIX_PATH.unlink(missing_ok=True)
     server = subprocess.Popen(
         command,
         env=env,
@@ -226,8 +323,11 @@ def _wrk(
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    url = f"http://127.0.0.1:{port}/"
+    scheme = "https" if scenario.variant == "tls" else "http"
+    url = f"{scheme}://127.0.0.1:{port}{scenario.path}"
     base = [wrk, "-t1", f"-c{scenario.connections}", "--latency"]
+    if scenario.variant == "close":
+        base += ["-H", "Connection: close"]
     subprocess.run(
         base + [f"-d{max(warmup, 1):g}s", url], capture_output=True, preexec_fn=_pin(1)
     )
@@ -276,42 +376,153 @@ def _wrk(
     }
 
 
+def _dnsperf(
+    port: int, scenario: Scenario, warmup: float, seconds: float, pid: int
+) -> dict[str, Any]:
+    """
+    twisted.names under dnsperf (SCENARIO.connections queries in flight
+    from 8 sockets), with the server's CPU time read around the measured
+    run.
+    """
+    dnsperf = shutil.which("dnsperf")
+    if dnsperf is None:
+        raise RuntimeError("dnsperf is not installed (apt-get install dnsperf)")
+    queries = BUILD / "dns-queries.txt"
+    BUILD.mkdir(exist_ok=True)
+    queries.write_text(DNS_QUERIES)
+    base = [dnsperf, "-s", "127.0.0.1", "-p", str(port), "-d", str(queries)]
+    base += ["-q", str(scenario.connections), "-c", "8", "-T", "1", "-t", "1"]
+    subprocess.run(
+        base + ["-l", f"{max(warmup, 1):g}"], capture_output=True, preexec_fn=_pin(1)
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = _cpuSeconds(pid)
+    result = subprocess.run(
+        base + ["-l", f"{seconds:g}"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_pin(1),
+    )
+    cpu1 = _cpuSeconds(pid)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = result.stdout
+
+    def field(pattern: str) -> float:
+        m = re.search(pattern, out)
+        if m is None:
+            raise RuntimeError(f"dnsperf printed no {pattern!r}: {out}{result.stderr}")
+        return float(m.group(1))
+
+    completed = int(field(r"Queries completed:\s+(\d+)"))
+    noerror = re.search(r"NOERROR (\d+)", out)
+    elapsed = field(r"Run time \(s\):\s+([\d.]+)")
+    return {
+        "connections": scenario.connections,
+        "seconds": elapsed,
+        "requests": completed,
+        "rps": field(r"Queries per second:\s+([\d.]+)"),
+        "p50_us": float("nan"),
+        "p99_us": float("nan"),
+        "mean_us": field(r"Average Latency \(s\):\s+([\d.]+)") * 1e6,
+        "lost": int(field(r"Queries lost:\s+(\d+)")),
+        # An answer other than NOERROR is a wrong answer.
+        "errors": completed - (int(noerror.group(1)) if noerror else 0),
+        "verify_failures": 0,
+        "server_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_s": (after.ru_utime - before.ru_utime)
+        + (after.ru_stime - before.ru_stime),
+    }
+
+
+def _process(
+    reactor: str, scenario: Scenario, warmup: float, seconds: float
+) -> dict[str, Any]:
+    """
+    A process scenario: bench/processes.py is its own load, pinned to the
+    server's CPU.
+    """
+    name, python, env = _python(reactor)
+    result = subprocess.run(
+        [python, str(HERE / "processes.py"), name, scenario.variant]
+        + [f"{warmup:g}", f"{seconds:g}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_pin(0),
+        timeout=warmup + seconds + 120,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(
+            f"processes.py failed on {reactor} ({result.returncode}): "
+            f"{result.stdout}{result.stderr}"
+        )
+    return dict(json.loads(result.stdout.splitlines()[-1]))
+
+
+def _loadgen(
+    tools: dict[str, Path],
+    port: int,
+    scenario: Scenario,
+    warmup: float,
+    seconds: float,
+    pid: int,
+) -> dict[str, Any]:
+    """
+    An echo, idle or UDP scenario under the native load generators.
+    """
+    window = str(min(seconds, 2) if scenario.kind == "idle" else seconds)
+    if scenario.kind == "udp":
+        command = [str(tools["udpload"]), "127.0.0.1", str(port), "8"]
+        command += [str(scenario.connections), str(scenario.size)]
+    else:
+        host = f"unix:{UNIX_PATH}" if scenario.variant == "unix" else "127.0.0.1"
+        binary = tools["loadgen-tls" if scenario.variant == "tls" else "loadgen"]
+        command = [str(binary), host, str(port), str(scenario.connections)]
+        command += [str(scenario.size), str(scenario.depth)]
+    command += [str(warmup), window, str(pid)]
+    if scenario.variant in ("tls", "churn"):
+        command.append(scenario.variant)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        preexec_fn=_pin(1),
+        timeout=warmup + seconds + 120,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(
+            f"load generator failed ({result.returncode}): "
+            f"{result.stdout}{result.stderr}"
+        )
+    return dict(json.loads(result.stdout))
+
+
 def measure(
-    loadgen: Path, reactor: str, scenario: Scenario, warmup: float, seconds: float
+    tools: dict[str, Path],
+    reactor: str,
+    scenario: Scenario,
+    warmup: float,
+    seconds: float,
 ) -> dict[str, Any]:
     """
     One measurement: a fresh server, one load generator run.
     """
-    server, port = _startServer(reactor, "web" if scenario.kind == "web" else "echo")
-    try:
-        if scenario.kind == "web":
-            data = _wrk(port, scenario, warmup, seconds, server.pid)
-        else:
-            result = subprocess.run(
-                [
-                    str(loadgen),
-                    "127.0.0.1",
-                    str(port),
-                    str(scenario.connections),
-                    str(scenario.size),
-                    str(scenario.depth),
-                    str(warmup),
-                    str(min(seconds, 2) if scenario.kind == "idle" else seconds),
-                    str(server.pid),
-                ],
-                capture_output=True,
-                text=True,
-                preexec_fn=_pin(1),
-                timeout=warmup + seconds + 120,
-            )
-            if result.returncode != 0 or not result.stdout.strip():
-                raise RuntimeError(
-                    f"loadgen failed against {reactor} ({result.returncode}): "
-                    f"{result.stdout}{result.stderr}"
-                )
-            data = json.loads(result.stdout)
-    finally:
-        counters = _stopServer(server)
+    if scenario.kind == "process":
+        data = _process(reactor, scenario, warmup, seconds)
+        counters = data.pop("counters", None)
+    else:
+        server, port = _startServer(reactor, serverArguments(scenario))
+        try:
+            if scenario.kind == "web":
+                data = _wrk(port, scenario, warmup, seconds, server.pid)
+            elif scenario.kind == "dns":
+                data = _dnsperf(port, scenario, warmup, seconds, server.pid)
+            else:
+                data = _loadgen(tools, port, scenario, warmup, seconds, server.pid)
+        except RuntimeError as e:
+            raise RuntimeError(f"{reactor}, {scenario.name}: {e}") from None
+        finally:
+            counters = _stopServer(server)
     data["counters"] = counters
     data["reactor"] = reactor
     data["scenario"] = scenario.name
@@ -360,12 +571,14 @@ def table(
     scenarios: list[Scenario], reactors: list[str], summary: dict[Any, Any]
 ) -> str:
     header = (
-        f"{'scenario':30s} {'reactor':20s} {'req/s':>9s} {'spread':>15s} "
-        f"{'us/req':>7s} {'p50us':>7s} {'p99us':>7s} {'x epoll':>8s} "
+        f"{'scenario (rate, CPU per unit)':44s} {'reactor':20s} {'rate/s':>9s} "
+        f"{'spread':>15s} "
+        f"{'us/unit':>7s} {'p50us':>7s} {'p99us':>7s} {'x epoll':>8s} "
         f"{'cpu x':>6s} {'lg cpu':>6s} {'enters/req':>10s}"
     )
     lines = [header, "-" * len(header)]
     for sc in scenarios:
+        label = sc.name if sc.unit == "req" else f"{sc.name} ({sc.unit})"
         for reactor in reactors:
             s = summary.get((sc.name, reactor))
             if s is None:
@@ -379,7 +592,7 @@ def table(
                     else float("nan")
                 )
                 lines.append(
-                    f"{sc.name:30s} {reactor:20s} {s['bytes_per_connection']:9.0f} "
+                    f"{label:44s} {reactor:20s} {s['bytes_per_connection']:9.0f} "
                     f"{'bytes/conn':>15s} {'':>7s} {'':>7s} {'':>7s} "
                     f"{ratio:7.2f}x{flag}"
                 )
@@ -391,7 +604,7 @@ def table(
                 f"{s['enters_per_req']:.3f}" if s["enters_per_req"] is not None else "-"
             )
             lines.append(
-                f"{sc.name:30s} {reactor:20s} {s['rps']:9.0f} {spread:>15s} "
+                f"{label:44s} {reactor:20s} {s['rps']:9.0f} {spread:>15s} "
                 f"{s['us_per_req']:7.2f} {s['p50_us']:7.0f} {s['p99_us']:7.0f} "
                 f"{ratio:7.2f}x {cpuRatio:5.2f}x {s['loadgen_cpu'] * 100:5.0f}% "
                 f"{enters:>10s}{flag}"
@@ -527,7 +740,12 @@ def main() -> int:
     if args.scenarios:
         wanted = {w.strip() for w in args.scenarios.split(";")}
         scenarios = [s for s in scenarios if s.name in wanted]
-    loadgen = buildNative()
+    for sc in scenarios:
+        tool = _TOOLS.get(sc.kind)
+        if tool and shutil.which(tool) is None:
+            print(f"{tool} is not installed: apt-get install {tool}")
+            return 2
+    tools = buildNative(scenarios)
     info = machine()
     print(
         f"benchmark: {', '.join(reactors)}; {args.rounds} rounds of "
@@ -542,18 +760,19 @@ def main() -> int:
     for sc in scenarios:
         for rnd in range(args.rounds):
             for reactor in reactors:
-                if sc.kind == "web" and echoOnly(reactor):
+                if not serves(reactor, sc):
                     continue
-                r = measure(loadgen, reactor, sc, args.warmup, args.seconds)
+                r = measure(tools, reactor, sc, args.warmup, args.seconds)
                 runs.setdefault((sc.name, reactor), []).append(r)
                 if sc.kind == "idle":
                     detail = f"{r['bytes_per_connection']:9.0f} bytes/conn"
                 else:
                     detail = (
-                        f"{r['rps']:9.0f} req/s {r['server_us_per_req']:6.2f} us/req"
+                        f"{r['rps']:9.0f} {sc.unit}/s "
+                        f"{r['server_us_per_req']:6.2f} us/{sc.unit}"
                     )
                 print(
-                    f"  {sc.name:30s} round {rnd + 1} {reactor:20s} {detail}",
+                    f"  {sc.name:40s} round {rnd + 1} {reactor:20s} {detail}",
                     flush=True,
                 )
     summary = {key: summarize(value) for key, value in runs.items()}

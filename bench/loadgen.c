@@ -2,7 +2,19 @@
  * loadgen: a closed-loop TCP echo load generator for the uringreactor
  * benchmarks.
  *
- *   loadgen HOST PORT CONNECTIONS SIZE DEPTH WARMUP_S SECONDS SERVER_PID
+ *   loadgen HOST PORT CONNECTIONS SIZE DEPTH WARMUP_S SECONDS SERVER_PID [MODE]
+ *
+ * HOST is an address or a name, or unix:PATH for a UNIX stream socket
+ * (PORT is then ignored).  MODE is one of:
+ *
+ *   stream  (the default) CONNECTIONS long-lived connections, as below;
+ *   churn   a new connection per request: connect, send SIZE bytes, read
+ *           them back, close, and again, CONNECTIONS cycles at a time; a
+ *           request is one whole cycle, its latency from connect to the
+ *           last echoed byte;
+ *   tls     as stream, over TLS (built with -DLOADGEN_TLS, linked with
+ *           -lssl -lcrypto); the handshakes happen before the warm-up and
+ *           the server's certificate is not checked.
  *
  * Opens CONNECTIONS connections; each keeps DEPTH messages of SIZE bytes in
  * flight and sends the next one as soon as one has been echoed in full.
@@ -39,7 +51,13 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <limits.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 #include <unistd.h>
 
 #define HIST_BUCKETS 200000 /* 1 us buckets up to 200 ms */
@@ -53,7 +71,15 @@ struct conn {
     uint64_t *stamps;   /* send time of each in-flight message (ring) */
     unsigned head, tail;
     int want_out;
+    int connecting;     /* churn: a non-blocking connect in progress */
+    uint64_t started;   /* churn: when this cycle's connect began */
+    void *ssl;          /* tls: the connection's SSL object */
 };
+
+static struct sockaddr_storage peer;
+static socklen_t peer_len;
+static int churn_mode, tls_mode;
+static uint32_t next_id;
 
 static size_t msg_size;
 static unsigned depth;
@@ -179,6 +205,86 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
+
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+
+/* An SSL call's failure as send/recv report theirs: EAGAIN to wait. */
+static ssize_t tls_failed(struct conn *c, int rc)
+{
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+#endif
+
+static ssize_t io_send(struct conn *c, const void *buf, size_t n)
+{
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int w = SSL_write(c->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+        return w > 0 ? w : tls_failed(c, w);
+    }
+#endif
+    return send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(struct conn *c, void *buf, size_t n)
+{
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int r = SSL_read(c->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+        return r > 0 ? r : tls_failed(c, r);
+    }
+#endif
+    return recv(c->fd, buf, n, 0);
+}
+
+/* Where HOST PORT (or unix:PATH) is, into peer. */
+static int resolve(const char *host, int port)
+{
+    if (strncmp(host, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&peer;
+        if (strlen(host + 5) >= sizeof(un->sun_path))
+            return -1;
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, host + 5);
+        peer_len = sizeof(*un);
+        return 0;
+    }
+    {
+        struct addrinfo hints, *ai;
+        char portstr[16];
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        snprintf(portstr, sizeof(portstr), "%d", port);
+        if (getaddrinfo(host, portstr, &hints, &ai) != 0)
+            return -1;
+        memcpy(&peer, ai->ai_addr, ai->ai_addrlen);
+        peer_len = ai->ai_addrlen;
+        freeaddrinfo(ai);
+        return 0;
+    }
+}
+
+static int new_socket(int flags)
+{
+    int one = 1;
+    int fd = socket(peer.ss_family, SOCK_STREAM | flags, 0);
+    if (fd >= 0 && peer.ss_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
 static int flush_out(struct conn *c)
 {
     while (c->sent < c->queued) {
@@ -188,7 +294,7 @@ static int flush_out(struct conn *c)
          * contiguously: no copy into a send buffer first. */
         if (n > PATTERN_WINDOW)
             n = PATTERN_WINDOW;
-        w = send(c->fd, pattern_at(c->id, c->sent), n, MSG_NOSIGNAL);
+        w = io_send(c, pattern_at(c->id, c->sent), n);
         if (w < 0) {
             if (errno == EAGAIN)
                 return 1;
@@ -206,25 +312,76 @@ static void queue_message(struct conn *c, uint64_t t)
     c->queued += msg_size;
 }
 
+/* churn: open connection c's next cycle, non-blocking. */
+static int start_cycle(struct conn *c, int epfd, uint64_t t)
+{
+    struct epoll_event ev;
+    c->fd = new_socket(SOCK_NONBLOCK);
+    if (c->fd < 0)
+        return -1;
+    c->id = next_id++;
+    c->sent = c->received = c->queued = 0;
+    c->head = c->tail = 0;
+    c->started = t;
+    c->connecting = 1;
+    c->want_out = 1;
+    if (connect(c->fd, (struct sockaddr *)&peer, peer_len) < 0 &&
+        errno != EINPROGRESS) {
+        close(c->fd);
+        return -1;
+    }
+    ev.events = EPOLLOUT;
+    ev.data.ptr = c;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+/* Connect c blocking, then make it non-blocking (and shake hands). */
+static int open_stream(struct conn *c)
+{
+    c->fd = new_socket(0);
+    if (c->fd < 0) {
+        perror("socket");
+        return -1;
+    }
+    /* Connect blocking: simple and the connect phase is not measured. */
+    while (connect(c->fd, (struct sockaddr *)&peer, peer_len) < 0) {
+        if (errno == EINTR)
+            continue;
+        perror("connect");
+        return -1;
+    }
+#ifdef LOADGEN_TLS
+    if (tls_mode) {
+        SSL *ssl = SSL_new(tls_ctx);
+        SSL_set_fd(ssl, c->fd);
+        if (SSL_connect(ssl) != 1) {
+            ERR_print_errors_fp(stderr);
+            return -1;
+        }
+        c->ssl = ssl;
+    }
+#endif
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    const char *host;
+    const char *host, *mode = "stream";
     int port, nconns, server_pid, epfd, i;
     double warmup, seconds;
     struct conn *conns;
     struct epoll_event ev, *events;
-    struct addrinfo hints, *ai;
-    char portstr[16];
     unsigned char *rbuf;
     uint64_t t_start, t_measure = 0, t_end;
     double cpu_server0 = 0, cpu_server1 = 0, cpu_self0 = 0, cpu_self1 = 0;
     double user_server0 = 0, user_server1 = 0;
     struct rlimit rl;
 
-    if (argc != 9) {
+    if (argc != 9 && argc != 10) {
         fprintf(stderr,
                 "usage: %s HOST PORT CONNECTIONS SIZE DEPTH WARMUP_S SECONDS "
-                "SERVER_PID\n", argv[0]);
+                "SERVER_PID [stream|churn|tls]\n", argv[0]);
         return 2;
     }
     host = argv[1];
@@ -235,21 +392,35 @@ int main(int argc, char **argv)
     warmup = atof(argv[6]);
     seconds = atof(argv[7]);
     server_pid = atoi(argv[8]);
-    if (nconns <= 0 || msg_size == 0) {
+    if (argc == 10)
+        mode = argv[9];
+    churn_mode = strcmp(mode, "churn") == 0;
+    tls_mode = strcmp(mode, "tls") == 0;
+    if (nconns <= 0 || msg_size == 0 ||
+        (!churn_mode && !tls_mode && strcmp(mode, "stream") != 0) ||
+        (churn_mode && depth != 1)) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
+#ifdef LOADGEN_TLS
+    if (tls_mode) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#else
+    if (tls_mode) {
+        fprintf(stderr, "built without TLS (-DLOADGEN_TLS)\n");
+        return 2;
+    }
+#endif
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)nconns + 64) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
 
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    if (getaddrinfo(host, portstr, &hints, &ai) != 0) {
+    if (resolve(host, port) != 0) {
         fprintf(stderr, "cannot resolve %s\n", host);
         return 2;
     }
@@ -266,8 +437,8 @@ int main(int argc, char **argv)
         int w, k;
         depth = 1;
         for (w = 0; w < 100; w++) {
-            int fd = socket(ai->ai_family, SOCK_STREAM, 0);
-            if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+            int fd = new_socket(0);
+            if (fd < 0 || connect(fd, (struct sockaddr *)&peer, peer_len) < 0) {
                 perror("warm-up connect");
                 return 1;
             }
@@ -292,25 +463,12 @@ int main(int argc, char **argv)
     events = calloc(1024, sizeof(*events));
     epfd = epoll_create1(0);
 
-    for (i = 0; i < nconns; i++) {
+    for (i = 0; i < nconns && !churn_mode; i++) {
         struct conn *c = &conns[i];
-        int one = 1;
-        c->id = (uint32_t)i;
+        c->id = next_id++;
         c->stamps = calloc(depth, sizeof(uint64_t));
-        c->fd = socket(ai->ai_family, SOCK_STREAM, 0);
-        if (c->fd < 0) {
-            perror("socket");
+        if (open_stream(c) < 0)
             return 1;
-        }
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        /* Connect blocking: simple and the connect phase is not measured. */
-        while (connect(c->fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-            if (errno == EINTR)
-                continue;
-            perror("connect");
-            return 1;
-        }
-        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
         ev.events = EPOLLIN;
         ev.data.ptr = c;
         epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
@@ -359,6 +517,14 @@ int main(int argc, char **argv)
     t_start = now_ns();
     for (i = 0; i < nconns; i++) {
         unsigned k;
+        if (churn_mode) {
+            conns[i].stamps = calloc(1, sizeof(uint64_t));
+            if (start_cycle(&conns[i], epfd, t_start) < 0) {
+                perror("connect");
+                return 1;
+            }
+            continue;
+        }
         for (k = 0; k < depth; k++)
             queue_message(&conns[i], t_start);
         if (flush_out(&conns[i]) > 0) {
@@ -388,9 +554,20 @@ int main(int argc, char **argv)
         }
         for (k = 0; k < n; k++) {
             struct conn *c = events[k].data.ptr;
-            if (events[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+            int cycle_done = 0;
+            if (c->connecting) {
+                int err = 0;
+                socklen_t len = sizeof(err);
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    errors++;
+                    goto dead;
+                }
+                c->connecting = 0;
+                queue_message(c, c->started);
+            } else if (events[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
                 for (;;) {
-                    ssize_t r = recv(c->fd, rbuf, 262144, 0);
+                    ssize_t r = io_recv(c, rbuf, 262144);
                     if (r < 0) {
                         if (errno == EAGAIN)
                             break;
@@ -419,12 +596,28 @@ int main(int argc, char **argv)
                                 hist[us < HIST_BUCKETS ? us : HIST_BUCKETS]++;
                                 hist_count++;
                             }
-                            queue_message(c, t);
+                            if (churn_mode)
+                                cycle_done = 1;
+                            else
+                                queue_message(c, t);
                         }
                     }
-                    if ((size_t)r < 262144)
+                    /* A short read emptied the socket; TLS may still
+                     * hold decrypted bytes, so it reads until EAGAIN. */
+                    if ((size_t)r < 262144 && !c->ssl)
                         break;
                 }
+            }
+            if (cycle_done) {
+                /* The whole echo is in: close (a FIN; loopback reuses
+                 * TIME_WAIT ports, net.ipv4.tcp_tw_reuse) and start the
+                 * next cycle. */
+                close(c->fd);
+                if (start_cycle(c, epfd, now_ns()) < 0) {
+                    errors++;
+                    c->connecting = 0;
+                }
+                continue;
             }
             {
                 int rc = flush_out(c);
@@ -442,6 +635,11 @@ int main(int argc, char **argv)
             continue;
         dead:
             epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+            if (churn_mode) {
+                close(c->fd);
+                if (start_cycle(c, epfd, now_ns()) < 0)
+                    c->connecting = 0;
+            }
         }
     }
     {

@@ -1,16 +1,28 @@
 """
 Benchmark servers, on a reactor chosen by name.
 
-    python bench/server.py REACTOR [--app echo|web] [--port N]
+    python bench/server.py REACTOR [--app APP] [--port N] [--tls]
+                           [--unix PATH]
 
 REACTOR is one of: iouring, iouring-nospin (without the spin before
 blocking, URINGREACTOR_SPIN_US=0), epoll, poll, asyncio (Twisted on asyncio),
 uvloop (Twisted on asyncio with uvloop), asyncio-plain and uvloop-plain (an
 asyncio server without Twisted, as a reference; echo only).
 
-The C{echo} app echoes every byte back.  The C{web} app is twisted.web
-serving a 13-byte "Hello, world!" with keep-alive, its access log turned off
-(the same on every reactor).
+The apps:
+
+  - C{echo}: a TCP stream protocol that echoes every byte back; with
+    C{--unix PATH} on a UNIX socket there instead, with C{--tls} over TLS
+    (C{listenSSL}, Twisted's test certificate).
+  - C{web}: twisted.web serving a 13-byte "Hello, world!" (keep-alive
+    unless the client asks otherwise), its access log turned off (the same
+    on every reactor); C{--tls} for HTTPS.
+  - C{static}: twisted.web's C{File} resource over a directory holding
+    C{64k} and C{1m}, files of 64 KiB and 1 MiB.
+  - C{udp}: a C{DatagramProtocol} that sends every datagram back to its
+    sender.
+  - C{dns}: twisted.names answering over UDP from an in-memory zone,
+    C{bench.example}, as C{twistd dns --pyzone} does.
 
 Prints C{PORT n} once listening, runs until SIGTERM, then prints one JSON
 line of counters (io_uring reactor only).
@@ -24,7 +36,10 @@ import signal
 from typing import Any
 
 
-def _installTwisted(name: str) -> None:
+def installReactor(name: str) -> None:
+    """
+    Install the Twisted reactor called C{name} (see the module's docstring).
+    """
     if name in ("iouring", "iouring-nospin"):
         import os
 
@@ -85,6 +100,74 @@ def _webFactory() -> object:
     return site
 
 
+def _staticFactory() -> object:
+    import atexit
+    import shutil
+    import tempfile
+
+    from twisted.web import server, static
+
+    root = tempfile.mkdtemp(prefix="uringreactor-bench-")
+    atexit.register(shutil.rmtree, root, True)
+    for name, size in (("64k", 65536), ("1m", 1 << 20)):
+        with open(f"{root}/{name}", "wb") as f:
+            f.write(bytes(range(256)) * (size // 256))
+    site = server.Site(static.File(root))
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
+# The zone of the dns app, in the Python syntax of twistd dns --pyzone.
+ZONE = """
+zone = [
+    SOA("bench.example", mname="ns.bench.example", rname="root.bench.example",
+        serial=1, refresh="1H", retry="1H", expire="1H", minimum="1H"),
+    A("bench.example", "127.0.0.1"),
+    A("www.bench.example", "127.0.0.2"),
+    NS("bench.example", "ns.bench.example"),
+    A("ns.bench.example", "127.0.0.3"),
+]
+"""
+
+
+def _listenDNS(reactor: Any, port: int) -> Any:
+    import atexit
+    import os
+    import tempfile
+
+    from twisted.names import authority, dns, server
+
+    fd, path = tempfile.mkstemp(suffix=".py", prefix="uringreactor-zone-")
+    os.write(fd, ZONE.encode())
+    os.close(fd)
+    atexit.register(os.unlink, path)
+    factory = server.DNSServerFactory(authorities=[authority.PySourceAuthority(path)])
+    factory.noisy = False
+    return reactor.listenUDP(
+        port, dns.DNSDatagramProtocol(factory), interface="127.0.0.1"
+    )
+
+
+def _listenUDPEcho(reactor: Any, port: int) -> Any:
+    from twisted.internet.protocol import DatagramProtocol
+
+    class Echo(DatagramProtocol):
+        def datagramReceived(self, data: bytes, addr: Any) -> None:
+            self.transport.write(data, addr)  # type: ignore[union-attr]
+
+    return reactor.listenUDP(port, Echo(), interface="127.0.0.1")
+
+
+def _tlsOptions() -> Any:
+    from pathlib import Path
+
+    import twisted.test
+    from twisted.internet import ssl
+
+    pem = (Path(twisted.test.__file__).parent / "server.pem").read_bytes()
+    return ssl.PrivateCertificate.loadPEM(pem).options()
+
+
 def _stats(reactor: object) -> dict[str, int]:
     """
     Resident memory, open descriptors and (io_uring) operations in flight.
@@ -104,8 +187,10 @@ def _stats(reactor: object) -> dict[str, int]:
     }
 
 
-def runTwisted(name: str, app: str, port: int) -> None:
-    _installTwisted(name)
+def runTwisted(
+    name: str, app: str, port: int, tls: bool = False, unixPath: str | None = None
+) -> None:
+    installReactor(name)
     from twisted.internet import reactor
 
     if app == "mixed":
@@ -134,11 +219,27 @@ def runTwisted(name: str, app: str, port: int) -> None:
         reactor.run()  # type: ignore[attr-defined]
         return
 
-    factory = _echoFactory() if app == "echo" else _webFactory()
-    listening = reactor.listenTCP(  # type: ignore[attr-defined]
-        port, factory, backlog=4096, interface="127.0.0.1"
-    )
-    print("PORT", listening.getHost().port, flush=True)
+    if app == "udp":
+        listening = _listenUDPEcho(reactor, port)
+    elif app == "dns":
+        listening = _listenDNS(reactor, port)
+    else:
+        factories = {"echo": _echoFactory, "web": _webFactory, "static": _staticFactory}
+        factory = factories[app]()
+        if unixPath is not None:
+            listening = reactor.listenUNIX(  # type: ignore[attr-defined]
+                unixPath, factory, backlog=4096
+            )
+        elif tls:
+            listening = reactor.listenSSL(  # type: ignore[attr-defined]
+                port, factory, _tlsOptions(), backlog=4096, interface="127.0.0.1"
+            )
+        else:
+            listening = reactor.listenTCP(  # type: ignore[attr-defined]
+                port, factory, backlog=4096, interface="127.0.0.1"
+            )
+    host = listening.getHost()
+    print("PORT", getattr(host, "port", 0), flush=True)
     reactor.run()  # type: ignore[attr-defined]
     counters = getattr(reactor, "ioCounters", None)
     print(json.dumps({"counters": counters() if counters else None}), flush=True)
@@ -187,13 +288,19 @@ def main() -> None:
     _raiseFileLimit()
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
-    parser.add_argument("--app", choices=["echo", "web", "mixed"], default="echo")
+    parser.add_argument(
+        "--app",
+        choices=["echo", "web", "static", "udp", "dns", "mixed"],
+        default="echo",
+    )
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="listenSSL")
+    parser.add_argument("--unix", default=None, metavar="PATH", help="listenUNIX")
     args = parser.parse_args()
     if args.reactor.endswith("-plain"):
         runPlain(args.reactor, args.app, args.port)
     else:
-        runTwisted(args.reactor, args.app, args.port)
+        runTwisted(args.reactor, args.app, args.port, args.tls, args.unix)
 
 
 if __name__ == "__main__":
