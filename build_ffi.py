@@ -138,6 +138,10 @@ int64_t ur_prep_sendmsg_to(struct ur_ring *r, int fd, struct ur_msg *m,
                            const char *buf, size_t len, const char *name,
                            unsigned namelen, int passfd, int flags, int link,
                            unsigned kind);
+int ur_send_datagrams(int fd, const char *data, const uint32_t *lengths,
+                      const char *names, const uint32_t *namelengths,
+                      unsigned count, int *error);
+#define UR_DATAGRAM_BATCH ...
 unsigned ur_msg_namelen(struct ur_msg *m);
 size_t ur_msg_controllen(struct ur_msg *m);
 unsigned char *ur_msg_name(struct ur_msg *m);
@@ -183,6 +187,7 @@ SOURCES = [
     "uringreactor/c/ops.c",
     "uringreactor/c/probe.c",
     "uringreactor/c/bufring.c",
+    "uringreactor/c/datagrams.c",
 ]
 
 
@@ -275,7 +280,8 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "uringreactor._liburing",
-    '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n#include "bufring.h"\n',
+    '#include "ring.h"\n#include "ops.h"\n#include "probe.h"\n#include "bufring.h"\n'
+    '#include "datagrams.h"\n',
     sources=SOURCES,
     include_dirs=["uringreactor/c"],
     # struct ucred (the control area's size) is a GNU extension.

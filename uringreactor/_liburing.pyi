@@ -19,6 +19,7 @@ class _Lib:
     IORING_CQE_F_BUFFER: int
     IORING_CQE_F_MORE: int
     IORING_CQE_BUFFER_SHIFT: int
+    UR_DATAGRAM_BATCH: int
     IORING_OP_ASYNC_CANCEL: int
     MSG_NOSIGNAL: int
     UR_KIND_POLL: int
@@ -82,6 +83,16 @@ class _Lib:
     ) -> int: ...
     def ur_prep_send(
         self, r: Any, fd: int, buf: Any, len: int, flags: int, kind: int
+    ) -> int: ...
+    def ur_send_datagrams(
+        self,
+        fd: int,
+        data: bytes,
+        lengths: Any,
+        names: Any,
+        namelengths: Any,
+        count: int,
+        error: Any,
     ) -> int: ...
     def ur_prep_sendmsg_to(
         self,

@@ -41,6 +41,8 @@ class Driver:
     @ivar logContexts: the L{LogContexts} protocol code runs in.
     @ivar handles: the live handles.
     @ivar flushQueue: the handles to flush before the next submission.
+    @ivar arrivals: the handles with input to deliver once the completions
+        of this iteration are dispatched (see L{deliverArrivals}).
     @ivar idleSenders: senders no transport uses, for the next transport
         that writes (see L{uringreactor.sending.Sender.sent}).
     @ivar sendDirectly: true while the only handle with output in this
@@ -60,6 +62,7 @@ class Driver:
         self.logContexts = LogContexts()
         self.handles: set[Any] = set()
         self.flushQueue: list[Any] = []
+        self.arrivals: list[Any] = []
         self.idleSenders: list[Any] = []
         self.sendDirectly = False
         self._disconnect = disconnect
@@ -85,6 +88,23 @@ class Driver:
         if not handle._flushQueued:
             handle._flushQueued = True
             self.flushQueue.append(handle)
+
+    def deliverAfterDispatch(self, handle: Any) -> None:
+        """
+        Call C{handle._deliverArrivals()} once this iteration's completions
+        are dispatched: a handle that gathers what a batch of completions
+        brought (the datagrams of one port) delivers it together, in one
+        log context, rather than one call per completion.
+        """
+        self.arrivals.append(handle)
+
+    def deliverArrivals(self) -> None:
+        """
+        Deliver what the handles given to L{deliverAfterDispatch} gathered.
+        """
+        arrivals, self.arrivals = self.arrivals, []
+        for handle in arrivals:
+            handle._deliverArrivals()
 
     def call(self, obj: Any, func: Callable[..., Any], *args: Any) -> Any:
         """

@@ -266,6 +266,8 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             timeout = 0
         self._ring.enter(timeout)
         self._ring.dispatch()
+        if driver.arrivals:
+            driver.deliverArrivals()
 
     def mainLoop(self) -> None:
         try:

@@ -21,21 +21,22 @@ TTL, loopback, interface) are Twisted's.  What changes:
 
   - Sending: C{write} checks its arguments at once and raises what the
     epoll reactor raises for them (L{error.InvalidAddressError},
-    L{error.MessageLengthError}, C{TypeError}); the datagram is then queued
-    and goes out, with every other datagram queued in the same iteration, as
-    a chain of linked sendmsg operations, so datagrams leave in the order
-    they were written.  A port has one chain in flight at a time: two
-    chains are not ordered with each other (with DEFER_TASKRUN the kernel
-    advances a chain one link per io_uring_enter, and the chains of two
-    iterations interleave), so what is written meanwhile waits for the
-    chain to complete.  A full socket buffer delays a datagram instead of
-    dropping it.  Errors only the kernel can report (an ICMP refusal,
-    an unreachable network) are reported when the send completes: a refusal
-    on a connected port calls C{connectionRefused}, as on epoll; any other
-    error is logged.
+    L{error.MessageLengthError}, C{TypeError}); the datagram is then queued,
+    and at the end of the iteration every datagram the port queued goes out
+    with one C{sendmmsg} (c/datagrams.c), in the order written.  These
+    sends are not io_uring operations: a UDP send completes or fails when it
+    is made, so an operation would only add a completion per datagram, and
+    datagrams that must stay in order would have to be linked, which
+    DEFER_TASKRUN advances one link per C{io_uring_enter}.  Nothing the
+    kernel reads outlives the call.  A full socket buffer delays the rest
+    of the queue, until a poll reports the socket writable, instead of
+    dropping it.  A datagram the kernel refuses is dropped as on epoll: an
+    ICMP refusal on a connected port calls C{connectionRefused}; any other
+    error (an unreachable network, a broadcast without C{SO_BROADCAST}) is
+    logged, since C{write} has already returned.
 
-  - Stopping: datagrams already written are still sent (those that must
-    wait for a chain in flight are sent after it, and the port closes, and
+  - Stopping: datagrams already written are still sent (if the socket's
+    buffer is full, once it has room; the port closes, and
     C{stopListening}'s Deferred fires, then); receives are cancelled and
     their late completions absorbed by the ring.
 """
@@ -53,6 +54,7 @@ from twisted.internet import abstract, base, error, interfaces, udp
 from twisted.python import failure, log
 from zope.interface import implementer
 
+from uringreactor._liburing import ffi, lib
 from uringreactor.messages import (
     RECVMSG_OUT,
     decodeAddress,
@@ -72,9 +74,8 @@ _NAME_ROOM = 32
 
 _PAYLOAD_OFFSET = RECVMSG_OUT.size + _NAME_ROOM
 
-# Most datagrams one port chains per loop iteration; the rest go in the
-# next one.
-_CHAIN_LIMIT = 128
+# Most datagrams one sendmmsg takes.
+_BATCH = lib.UR_DATAGRAM_BATCH
 
 # connectionLost's reason while a port waits to close, when it had none.
 _NO_REASON = object()
@@ -83,22 +84,16 @@ _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
 _ECONNREFUSED = -errno.ECONNREFUSED
 
+# What stops a batch of sends without dropping a datagram: a full socket
+# buffer waits for room; a full device queue (ENOBUFS) is tried again in
+# the next iteration.
+_WAIT_FOR_ROOM = frozenset({errno.EAGAIN})
+_TRY_AGAIN = frozenset({errno.ENOBUFS})
 
-class _Outgoing:
-    """
-    One datagram to send, and the handler of its sendmsg operation (which
-    owns what the kernel reads while it is in flight).
-    """
+_NULL = ffi.NULL
 
-    __slots__ = ("port", "data", "name")
-
-    def __init__(self, port: Port, data: bytes, name: bytes | None) -> None:
-        self.port = port
-        self.data = data
-        self.name = name
-
-    def __call__(self, res: int, flags: int) -> None:
-        self.port._sent(self, res)
+# Sends a batch: replaced by tests that play a full socket buffer.
+sendDatagrams = lib.ur_send_datagrams
 
 
 class Port(udp.Port):
@@ -118,18 +113,22 @@ class Port(udp.Port):
     _recvOp: Operation | None = None
     _recvSpare: Any = None
     _multishot = False
-    # Datagrams of a failed chain that were never tried, to send again.
-    _retry: list[_Outgoing] | None = None
-    # Operations of the chain in flight that have not completed.
-    _sending = 0
-    # Set (to the reason) when the port is to close once its chain is in.
+    # The poll for room in the socket's buffer, while datagrams wait for it.
+    _roomOp: Operation | None = None
+    # Set (to the reason) when the port is to close once its queue is sent.
     _closeWhenSent: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._queue: list[_Outgoing] = []
+        # The datagrams written and not yet sent, and the address each goes
+        # to (a struct sockaddr, or b"" for the connected address).
+        self._queue: list[bytes] = []
+        self._names: list[bytes] = []
+        self._sendError = ffi.new("int *")
         self._addressCache: dict[Any, bytes] = {}
         self._nameCache: dict[bytes, tuple[str, int]] = {}
+        # Datagrams received in this iteration, to deliver together.
+        self._arrived: list[tuple[bytes, Any]] = []
 
     # -- reading --------------------------------------------------------
 
@@ -138,6 +137,8 @@ class Port(udp.Port):
             return
         self._reading = True
         self._register()
+        if self._arrived:
+            self.reactor._driver.deliverAfterDispatch(self)
         if self._recvOp is None:
             self._armRecv()
 
@@ -211,7 +212,10 @@ class Port(udp.Port):
             addr = self._nameCache.get(name)
             if addr is None:
                 addr = self._decodeName(name)
-            driver.call(self, self._deliver, data, addr)
+            arrived = self._arrived
+            if not arrived:
+                driver.deliverAfterDispatch(self)
+            arrived.append((data, addr))
         else:
             if flags & F_BUFFER:
                 driver.recycleLate(res, flags)
@@ -257,11 +261,25 @@ class Port(udp.Port):
         cache[name] = addr
         return addr
 
-    def _deliver(self, data: bytes, addr: Any) -> None:
-        try:
-            self.protocol.datagramReceived(data, addr)
-        except BaseException:
-            log.err()
+    def _deliverArrivals(self) -> None:
+        """
+        Deliver the datagrams this iteration's completions brought, in the
+        order they arrived, in one log context; those that arrive while
+        the port does not read wait until it reads again, and a port that
+        closed meanwhile drops them.
+        """
+        if not self._reading or not self.connected:
+            return
+        arrived, self._arrived = self._arrived, []
+        self.reactor._driver.call(self, self._deliverAll, arrived)
+
+    def _deliverAll(self, arrived: list[tuple[bytes, Any]]) -> None:
+        received = self.protocol.datagramReceived
+        for data, addr in arrived:
+            try:
+                received(data, addr)
+            except BaseException:
+                log.err()
 
     # -- writing --------------------------------------------------------
 
@@ -282,18 +300,18 @@ class Port(udp.Port):
         """
         if self._connectedAddr:
             assert addr in (None, self._connectedAddr)
-            name = None
+            name = b""
         else:
             assert addr is not None
-            name = self._addressCache.get(addr)
-            if name is None:
-                name = self._encode(addr)
+            cached = self._addressCache.get(addr)
+            name = cached if cached is not None else self._encode(addr)
         if type(datagram) is not bytes:
             # As sendto: any bytes-like object, copied now.
             datagram = bytes(memoryview(datagram))
         if len(datagram) > _MAX_DATAGRAM[self.addressFamily]:
             raise error.MessageLengthError("message too long")
-        self._queue.append(_Outgoing(self, datagram, name))
+        self._queue.append(datagram)
+        self._names.append(name)
         if not self._flushQueued:
             self.reactor._driver.queueFlush(self)
             self._register()
@@ -332,48 +350,85 @@ class Port(udp.Port):
     def _flush(self) -> bool:
         """
         Called by the reactor at the end of an iteration: send the queued
-        datagrams as one chain of linked sendmsg operations.
+        datagrams.
         """
         self._flushQueued = False
-        queue = self._queue
-        if not queue or not hasattr(self, "socket") or self._sending:
-            # (A chain in flight: _chainSent flushes again when it is in.)
-            return False
-        if len(queue) > _CHAIN_LIMIT:
-            batch = queue[:_CHAIN_LIMIT]
-            self._queue = queue[_CHAIN_LIMIT:]
-            self.reactor._driver.queueFlush(self)
-        else:
-            batch = queue
-            self._queue = []
-        ring = self.reactor._driver.ring
-        fd = self.socket.fileno()
-        last = len(batch) - 1
-        for i, out in enumerate(batch):
-            ring.sendMessage(fd, out.data, out.name, -1, 0, i != last, out)
-            self._sending += 1
+        if self._queue and self._roomOp is None and hasattr(self, "socket"):
+            self._sendQueued()
+            self._closeIfSent()
         return False
 
-    def _sent(self, out: _Outgoing, res: int) -> None:
-        self._sending -= 1
-        if res < 0 and self.connected:
-            self._sendFailed(out, res)
-        if not self._sending:
-            self._chainSent()
+    def _sendQueued(self) -> None:
+        """
+        Send the queue, a batch per C{sendmmsg}, until it is empty or the
+        socket's buffer is full.
+        """
+        queue = self._queue
+        names = self._names
+        fd = self.socket.fileno()
+        error = self._sendError
+        while queue:
+            if len(queue) > _BATCH:
+                batch, batchNames = queue[:_BATCH], names[:_BATCH]
+            else:
+                batch, batchNames = queue, names
+            count = len(batch)
+            joinedNames = b"".join(batchNames)
+            sent = sendDatagrams(
+                fd,
+                b"".join(batch),
+                [len(d) for d in batch],
+                joinedNames or _NULL,
+                [len(n) for n in batchNames] if joinedNames else _NULL,
+                count,
+                error,
+            )
+            del queue[:sent]
+            del names[:sent]
+            if sent == count:
+                continue
+            failed = error[0]
+            if failed in _WAIT_FOR_ROOM:
+                self._roomOp = self.reactor._driver.ring.poll(
+                    fd, select.POLLOUT, self._room
+                )
+                return
+            if failed in _TRY_AGAIN:
+                self.reactor._driver.queueFlush(self)
+                return
+            # The kernel refused this datagram: it is dropped, as on epoll.
+            del queue[0]
+            del names[0]
+            if failed == errno.ECONNREFUSED:
+                if self._connectedAddr:
+                    self.reactor._driver.call(self, self.protocol.connectionRefused)
+            else:
+                self._logError(-failed, "Could not send datagram")
 
-    def _sendFailed(self, out: _Outgoing, res: int) -> None:
-        if res == _ECANCELED:
-            # An earlier datagram of the same chain failed, so this one was
-            # never tried: it goes first in the next chain, keeping the
-            # order.
-            if self._retry is None:
-                self._retry = []
-            self._retry.append(out)
-        elif res == _ECONNREFUSED:
-            if self._connectedAddr:
-                self.reactor._driver.call(self, self.protocol.connectionRefused)
-        else:
-            self._logError(res, "Could not send datagram")
+    def _room(self, res: int, flags: int) -> None:
+        """
+        The poll for room in the socket's buffer completed: send what
+        waited, and finish closing if the port is closing.
+        """
+        self._roomOp = None
+        if res < 0 and res != _ECANCELED:
+            self._logError(res, "Could not poll a datagram socket")
+        if res < 0 and res != _ECANCELED and self._closeWhenSent is not None:
+            # The port is closing and cannot wait for room: what is left
+            # cannot be sent.
+            self._queue = []
+            self._names = []
+        if self._queue and hasattr(self, "socket"):
+            self._sendQueued()
+        self._closeIfSent()
+
+    def _closeIfSent(self) -> None:
+        """
+        Finish closing a port that waited for its queue to be sent.
+        """
+        if self._closeWhenSent is not None and not self._queue:
+            reason, self._closeWhenSent = self._closeWhenSent, None
+            self.connectionLost(reason)
 
     def _logError(self, res: int, why: str) -> None:
         """
@@ -382,24 +437,6 @@ class Port(udp.Port):
         self.reactor._driver.call(
             self, log.err, failure.Failure(OSError(-res, os.strerror(-res))), why
         )
-
-    def _chainSent(self) -> None:
-        """
-        Every operation of the chain in flight has completed: send what
-        waited for it (what the chain did not get to first), or finish
-        closing.
-        """
-        retry, self._retry = self._retry, None
-        if retry and self.connected:
-            self._queue[:0] = retry
-        if self._closeWhenSent is not None:
-            if self._queue:
-                self._flush()
-            else:
-                reason, self._closeWhenSent = self._closeWhenSent, None
-                self.connectionLost(reason)
-        elif self._queue:
-            self.reactor._driver.queueFlush(self)
 
     # -- stopping -------------------------------------------------------
 
@@ -412,17 +449,17 @@ class Port(udp.Port):
         self._flush()
         if self._queue:
             # Datagrams written before the port stopped are still to go,
-            # after the chain in flight: close once they have.
+            # once the socket's buffer has room: close once they have.
             self._closeWhenSent = reason if reason is not None else _NO_REASON
             return
-        # The last chain, if any, is the kernel's to finish: it holds the
-        # socket until then.
         if reason is _NO_REASON:
             reason = None
         log.msg(f"(UDP Port {self._realPortNumber} Closed)")
         self._realPortNumber = None
         self.maxThroughput = -1
         self._queue = []
+        self._names = []
+        self._arrived = []
         if self._registered:
             self._registered = False
             self.reactor._driver.unregister(self)
