@@ -53,6 +53,7 @@ BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
 _prepPoll = lib.ur_prep_poll
 _prepAccept = lib.ur_prep_accept
 _prepRecv = lib.ur_prep_recv
+_prepRead = lib.ur_prep_read
 _prepRecvMultishot = lib.ur_prep_recv_multishot
 _prepSend = lib.ur_prep_send
 _prepSendv = lib.ur_prep_sendv
@@ -231,6 +232,16 @@ class Preparing:
         """
         return self._carry(
             _prepRecv(self._ptr, fd, buffer, size, 0, KIND_RECV), op, buffer
+        )
+
+    def read(self, fd: int, buffer: Any, size: int, op: Operation) -> Operation:
+        """
+        One read from the descriptor C{fd} (a pipe) into C{buffer} (cffi
+        memory of C{size} bytes), carried by C{op}, which owns the buffer
+        until it completes.
+        """
+        return self._carry(
+            _prepRead(self._ptr, fd, buffer, size, KIND_RECV), op, buffer
         )
 
     def receiveMultishot(self, fd: int, groupId: int, op: Operation) -> Operation:

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python import log
 from zope.interface import implementer
 
-from uringreactor import tcp, udp, unix
+from uringreactor import process, tcp, udp, unix
 from uringreactor._liburing import lib
 from uringreactor.bufferring import BufferRing
 from uringreactor.driver import Driver
@@ -276,6 +276,33 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             # Shutdown disconnected everything: let the cancellations and
             # closes that caused reach the kernel before run() returns.
             self._ring.settle(0.5)
+
+    # -- IReactorProcess ---------------------------------------------------
+
+    def spawnProcess(
+        self,
+        processProtocol: Any,
+        executable: Any,
+        args: Any = (),
+        env: Any = {},  # noqa: B006 (Twisted's signature)
+        path: Any = None,
+        uid: Any = None,
+        gid: Any = None,
+        usePTY: Any = 0,
+        childFDs: Any = None,
+    ) -> Any:
+        """
+        Spawn a child as Twisted does (L{IReactorProcess.spawnProcess}); its
+        output pipes are read by io_uring (L{uringreactor.process}).  With a
+        PTY, Twisted's own process does everything.
+        """
+        if usePTY:
+            return super().spawnProcess(
+                processProtocol, executable, args, env, path, uid, gid, usePTY, childFDs
+            )
+        return process.Process(
+            self, executable, args, env, path, processProtocol, uid, gid, childFDs
+        )
 
     # -- IReactorTCP -------------------------------------------------------
 

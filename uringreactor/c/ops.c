@@ -71,6 +71,18 @@ int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,
     return ur_tag(r, sqe, ud);
 }
 
+/* A read of up to len bytes into buf from fd at its current position (a
+ * pipe, a terminal): buf must live until the completion. */
+int64_t ur_prep_read(struct ur_ring *r, int fd, void *buf, unsigned len,
+                     unsigned kind)
+{
+    struct io_uring_sqe *sqe;
+    int64_t ud;
+    UR_BEGIN(r, kind, sqe, ud);
+    io_uring_prep_read(sqe, fd, buf, len, (uint64_t)-1);
+    return ur_tag(r, sqe, ud);
+}
+
 int64_t ur_prep_recv_multishot(struct ur_ring *r, int fd, int bgid, int flags,
                                unsigned kind)
 {
