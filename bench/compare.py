@@ -442,18 +442,28 @@ def _process(
     server's CPU.
     """
     name, python, env = _python(reactor)
+    command = [python, str(HERE / "processes.py"), name, scenario.variant]
+    return _runTool(command + [f"{warmup:g}", f"{seconds:g}"], 0, warmup + seconds, env)
+
+
+def _runTool(
+    command: list[str], cpu: int, seconds: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """
+    Run a measuring program pinned to C{cpu}; return the JSON object it
+    prints last.
+    """
     result = subprocess.run(
-        [python, str(HERE / "processes.py"), name, scenario.variant]
-        + [f"{warmup:g}", f"{seconds:g}"],
+        command,
         env=env,
         capture_output=True,
         text=True,
-        preexec_fn=_pin(0),
-        timeout=warmup + seconds + 120,
+        preexec_fn=_pin(cpu),
+        timeout=seconds + 120,
     )
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(
-            f"processes.py failed on {reactor} ({result.returncode}): "
+            f"{' '.join(command[:3])} failed ({result.returncode}): "
             f"{result.stdout}{result.stderr}"
         )
     return dict(json.loads(result.stdout.splitlines()[-1]))
@@ -482,19 +492,7 @@ def _loadgen(
     command += [str(warmup), window, str(pid)]
     if scenario.variant in ("tls", "churn"):
         command.append(scenario.variant)
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        preexec_fn=_pin(1),
-        timeout=warmup + seconds + 120,
-    )
-    if result.returncode != 0 or not result.stdout.strip():
-        raise RuntimeError(
-            f"load generator failed ({result.returncode}): "
-            f"{result.stdout}{result.stderr}"
-        )
-    return dict(json.loads(result.stdout))
+    return _runTool(command, 1, warmup + seconds)
 
 
 def measure(

@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "measure.h"
+
 #define HIST_BUCKETS 200000 /* 1 us buckets up to 200 ms */
 #define LOST_AFTER_NS 200000000ull
 #define HEADER 8
@@ -47,43 +49,6 @@ struct slot {
     uint32_t seq;
     uint64_t sent_at;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static double cpu_of(int pid)
-{
-    char path[64], buf[1024];
-    unsigned long utime = 0, stime = 0;
-    FILE *f;
-    char *p;
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    f = fopen(path, "r");
-    if (!f)
-        return -1;
-    if (!fgets(buf, sizeof(buf), f)) {
-        fclose(f);
-        return -1;
-    }
-    fclose(f);
-    p = strrchr(buf, ')');
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-                     &utime, &stime) != 2)
-        return -1;
-    return (double)(utime + stime) / sysconf(_SC_CLK_TCK);
-}
-
-static double self_cpu(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
-}
 
 /* The payload of slot s's datagram number seq: a window of the table. */
 static const unsigned char *payload(uint32_t s, uint32_t seq)
@@ -183,7 +148,7 @@ int main(int argc, char **argv)
         if (!measuring && t >= t_start + (uint64_t)(warmup * 1e9)) {
             measuring = 1;
             t_measure = t;
-            cpu_server0 = cpu_of(server_pid);
+            cpu_server0 = cpu_of(server_pid, NULL);
             cpu_self0 = self_cpu();
         }
         if (t >= t_end)
@@ -253,7 +218,7 @@ int main(int argc, char **argv)
         double p[4] = {0.50, 0.90, 0.99, 0.999}, pv[4] = {0, 0, 0, 0};
         uint64_t acc = 0;
         int b = 0, q;
-        double cpu_server = cpu_of(server_pid) - cpu_server0;
+        double cpu_server = cpu_of(server_pid, NULL) - cpu_server0;
         double cpu_self = self_cpu() - cpu_self0;
         for (q = 0; q < 4; q++) {
             uint64_t target = (uint64_t)(p[q] * hist_count);
