@@ -265,8 +265,8 @@ class CompletionIO(_Host):
 
     def _allSent(self) -> bool:
         """
-        Everything given to the sender has gone: stop writing, or, if
-        something waits for that, conclude.
+        Everything given to the sender has gone, the last of it just now:
+        stop writing, or, if something waits for that, conclude.
 
         @return: C{True} if application code ran.
         """
@@ -281,31 +281,36 @@ class CompletionIO(_Host):
             # Drained, and nobody waits for that: stop writing.
             self._writing = False
             return False
-        self._drained()
+        self._drained(justSent=True)
         return True
 
-    def _drained(self) -> None:
+    def _drained(self, justSent: bool = False) -> None:
         """
         Everything buffered has been sent: the end of
         C{FileDescriptor.doWrite}.
-        """
-        self.reactor._driver.call(self, self._drainedInContext)
 
-    def _drainedInContext(self) -> None:
+        @param justSent: whether a send of this transport's data has just
+            succeeded (otherwise the buffer was already empty).
+        """
+        self.reactor._driver.call(self, self._drainedInContext, justSent)
+
+    def _drainedInContext(self, justSent: bool) -> None:
         try:
-            why = self._afterDrain()
+            why = self._afterDrain(justSent)
         except BaseException:
             why = sys.exc_info()[1]
             log.err()
         if why:
             self.reactor._disconnectSelectable(self, why, False)
 
-    def _afterDrain(self) -> Any:
-        if self.disconnecting or self._writeDisconnecting:
+    def _afterDrain(self, justSent: bool = False) -> Any:
+        if (self.disconnecting or self._writeDisconnecting) and not justSent:
             # epoll's doWrite sends (possibly empty) data before concluding,
             # so a connection the peer has reset, or whose write side is
             # already shut down, is lost rather than closed cleanly.  Probe
-            # the same way before closing.
+            # the same way before closing, unless a send has just succeeded:
+            # that was epoll's send of the last data, after which its
+            # doWrite concludes at once.
             try:
                 self.socket.send(b"", MSG_NOSIGNAL)
             except BlockingIOError:
