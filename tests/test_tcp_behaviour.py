@@ -113,6 +113,30 @@ def test_manySmallWritesArriveInOrder(anyReactor: Any) -> None:
     assert received == expected
 
 
+def test_writeSequenceRefusesWhatIsNotBytes(anyReactor: Any) -> None:
+    """
+    writeSequence raises TypeError for a piece that is not bytes, as
+    FileDescriptor's does, and buffers nothing of that sequence; bytes
+    subclasses are accepted.
+    """
+
+    class Bytes(bytes):
+        pass
+
+    @inlineCallbacks
+    def work() -> Any:
+        port, client, server = yield connectPair(anyReactor)
+        with pytest.raises(TypeError):
+            client.transport.writeSequence([b"lost ", "text"])
+        client.transport.writeSequence([b"kept ", Bytes(b"subclass")])
+        client.transport.loseConnection()
+        received = yield server.done
+        yield port.stopListening()
+        return received
+
+    assert run(anyReactor, work) == b"kept subclass"
+
+
 class Blast(Protocol):
     """
     Sends C{total} bytes of a reproducible stream as a streaming producer,

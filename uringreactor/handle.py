@@ -33,9 +33,11 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main
+from twisted.internet.abstract import _dataMustBeBytes
 from twisted.python import log
 
 from uringreactor.operations import MSG_NOSIGNAL
@@ -210,6 +212,32 @@ class CompletionIO(_Host):
                 self._sender = self._newSender(driver)
             if not self._registered:
                 self._register(driver)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """
+        Buffer every piece of C{iovec} (see L{ITransport.writeSequence}):
+        C{FileDescriptor.writeSequence}, checking and counting the pieces in
+        one pass (twisted.web writes a response's headers this way, a few
+        dozen pieces per request).
+        """
+        if self.TLS:
+            super().writeSequence(iovec)  # type: ignore[misc]
+            return
+        length = 0
+        for piece in iovec:
+            if type(piece) is not bytes:
+                # Raises for anything but bytes (or a subclass of bytes).
+                _dataMustBeBytes(piece)
+            length += len(piece)
+        if not self.connected or not iovec or self._writeDisconnected:
+            return
+        self._tempDataBuffer.extend(iovec)
+        self._tempDataLen += length
+        if self.producer is not None:
+            self._maybePauseProducer()  # type: ignore[attr-defined]
+        self._writing = True
+        if not self._flushQueued:
+            self._queueFlush()
 
     def startWriting(self) -> None:
         """

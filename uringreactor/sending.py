@@ -172,15 +172,29 @@ class Sender(Operation):
         if len(pieces) > 1:
             pieces = coalesce(pieces, length)
         if len(pieces) == 1 and (
-            (driver.sendDirectly and length <= _DIRECT_BELOW)
+            (
+                length <= _DIRECT_BELOW
+                and (
+                    driver.sendDirectly
+                    or transport.disconnecting
+                    or transport._writeDisconnecting
+                )
+            )
             or (_DIRECT_FROM is not None and length >= _DIRECT_FROM)
         ):
             # The only transport with output this iteration (a
             # request-response exchange): one send() now costs the same
             # system call as the io_uring_enter that would submit it, and
             # saves its completion, which would otherwise wake the loop
-            # once more before the next request.  Or (PyPy) output large
-            # enough that the ring's copy of it would cost more.
+            # once more before the next request.  Or the last output of a
+            # connection that is closing (a response with Connection:
+            # close): sent now, the connection shuts down in this same
+            # iteration, before the peer has read the response and closed
+            # first, as on epoll; later, the peer's close would have come
+            # first and the server would pay for the TIME_WAIT socket (the
+            # side that shuts down last processes it, inside shutdown()).
+            # Or (PyPy) output large enough that the ring's copy of it
+            # would cost more.
             try:
                 sent = transport.socket.send(pieces[0], MSG_NOSIGNAL)
             except OSError as e:

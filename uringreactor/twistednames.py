@@ -114,6 +114,11 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         _FD, "_writeDisconnecting", "loseWriteConnection is waiting for the buffer"
     ),
     PrivateName(_FD, "_writeDisconnected", "the write side is shut down"),
+    PrivateName(
+        "twisted.internet.abstract",
+        "_dataMustBeBytes",
+        "writeSequence's check of each piece: the TypeError epoll raises",
+    ),
     PrivateName(_FD, "_getLogPrefix", "the log prefix of a UNIX connection's protocol"),
     # TCP.
     PrivateName(
