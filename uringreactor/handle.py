@@ -45,6 +45,7 @@ from uringreactor.receiving import Receiver, receiverFor
 from uringreactor.sending import Sender
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+_BYTES_ONLY = {bytes}
 
 if TYPE_CHECKING:
     # What the host class provides, and what the type checker should know
@@ -223,12 +224,11 @@ class CompletionIO(_Host):
         if self.TLS:
             super().writeSequence(iovec)  # type: ignore[misc]
             return
-        length = 0
-        for piece in iovec:
-            if type(piece) is not bytes:
+        if set(map(type, iovec)) != _BYTES_ONLY:
+            for piece in iovec:
                 # Raises for anything but bytes (or a subclass of bytes).
                 _dataMustBeBytes(piece)
-            length += len(piece)
+        length = sum(map(len, iovec))
         if not self.connected or not iovec or self._writeDisconnected:
             return
         self._tempDataBuffer.extend(iovec)
