@@ -97,7 +97,8 @@ def layerOf(frame: str) -> str | None:
         return LAYERS[3]
     if "twisted/internet/" in path:
         return LAYERS[2]
-    if "twisted/internet.address" in path or "twisted.internet.address" in where:
+    if "twisted.internet.address" in where:
+        # attrs-generated methods of Twisted's address classes.
         return LAYERS[2]
     if (
         "twisted/web/" in path

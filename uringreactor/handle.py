@@ -235,9 +235,7 @@ class CompletionIO(_Host):
         self._tempDataLen += length
         if self.producer is not None:
             self._maybePauseProducer()  # type: ignore[attr-defined]
-        self._writing = True
-        if not self._flushQueued:
-            self._queueFlush()
+        self.startWriting()
 
     def startWriting(self) -> None:
         """
@@ -331,7 +329,7 @@ class CompletionIO(_Host):
         if why:
             self.reactor._disconnectSelectable(self, why, False)
 
-    def _afterDrain(self, justSent: bool = False) -> Any:
+    def _afterDrain(self, justSent: bool) -> Any:
         if (self.disconnecting or self._writeDisconnecting) and not justSent:
             # epoll's doWrite sends (possibly empty) data before concluding,
             # so a connection the peer has reset, or whose write side is
