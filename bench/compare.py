@@ -3,8 +3,8 @@ Side-by-side benchmark: the io_uring reactor against the epoll reactor (and
 others), in one session, rounds interleaved.
 
     python bench/compare.py [--quick] [--reactors iouring,epoll,...]
-                            [--rounds N] [--seconds S] [--save]
-                            [--baseline PATH]
+                            [--rounds N] [--seconds S] [--save [--label L]]
+                            [--baseline PATH] [--python NAME=PATH]
 
 Each measurement starts a fresh server (bench/server.py) pinned to CPU 0 and
 a load generator pinned to CPU 1: for echo scenarios (TCP, UNIX, TLS, a
@@ -701,6 +701,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--save", action="store_true", help="write to bench/results/")
     parser.add_argument(
+        "--label", default="", help="added to the names of the files --save writes"
+    )
+    parser.add_argument(
         "--baseline",
         default=None,
         help="another checkout whose io_uring reactor to measure too",
@@ -779,6 +782,8 @@ def main() -> int:
     print(text)
     if args.save:
         stem = time.strftime("%Y-%m-%d-%H%M") + "-" + info["kernel"]
+        if args.label:
+            stem += "-" + args.label
         outDir = HERE / "results"
     else:
         stem = "latest"
@@ -806,6 +811,8 @@ def main() -> int:
         f"Medians of {args.rounds} interleaved rounds of {args.seconds:g} s "
         f"(+{args.warmup:g} s warm-up); server on CPU 0, load generator on CPU 1."
     )
+    for name in _interpreters:
+        method += f"\n@{name}: {info[f'python@{name}']}"
     (outDir / f"{stem}.txt").write_text(title + "\n" + method + "\n\n" + text + "\n")
     drew = chart(scenarios, reactors, summary, outDir / f"{stem}.png", title)
     print(f"results: {outDir / stem}.json, .txt" + (", .png" if drew else ""))

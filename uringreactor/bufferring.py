@@ -56,8 +56,9 @@ class BufferRing:
     @ivar take: C{take(bufferId, length) -> bytes}, the first C{length}
         bytes of buffer C{bufferId}, which a completion has just filled; the
         buffer (or its replacement) goes back to the kernel.
-    @ivar view: C{view(bufferId, length) -> memoryview}, those bytes in
-        place, to parse before giving the buffer back with C{recycle}.
+    @ivar view: C{view(bufferId, length)}, those bytes in place (a
+        memoryview; under PyPy a copy), to parse before giving the buffer
+        back with C{recycle}.
     @ivar recycle: C{recycle(bufferId)}, give a buffer back unread.
 
     (The last three are the C methods themselves, bound once: one call each

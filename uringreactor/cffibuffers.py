@@ -112,18 +112,18 @@ class Buffers:
         _giveBack(ring, bid, _NULL)
         return data
 
-    def view(self, bid: int, length: int) -> memoryview:
+    def view(self, bid: int, length: int) -> bytes:
         """
-        A read-only view of the first C{length} bytes of buffer C{bid}, for
-        parsing in place; give the buffer back with L{recycle} and drop the
-        view then, since the kernel will write into it again.
+        The first C{length} bytes of buffer C{bid}, for parsing; give the
+        buffer back with L{recycle}.  A copy, unlike the extension's view
+        in place: PyPy slices a memoryview of cffi memory a byte at a time
+        (50 us to take 1,400 bytes out of one, against 0.1 us to copy them
+        all and slice the copy).
         """
         self._check(bid)
         if not 0 <= length <= self._size:
             raise ValueError(f"bad length {length}")
-        return memoryview(
-            ffi.buffer(self._area + bid * self._size, length)
-        ).toreadonly()
+        return _unpack(self._area + bid * self._size, length)  # type: ignore[no-any-return]
 
     def recycle(self, bid: int) -> None:
         """

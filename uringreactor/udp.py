@@ -199,7 +199,9 @@ class Port(udp.Port):
             self._recvSpare = op.memory
         if res >= 0:
             # Header, address and payload copied straight out of the
-            # provided buffer, each once; then the buffer goes back.
+            # provided buffer (out of a copy of it under PyPy: see
+            # cffibuffers), each once; then the buffer goes back, the view
+            # of it dropped first.
             buffers: Any = driver.buffers
             bufferId = flags >> BUFFER_SHIFT
             raw = buffers.view(bufferId, res)
@@ -207,7 +209,7 @@ class Port(udp.Port):
             name = bytes(raw[RECVMSG_OUT.size : RECVMSG_OUT.size + namelen])
             size = min(payloadlen, self.maxPacketSize)
             data = bytes(raw[_PAYLOAD_OFFSET : _PAYLOAD_OFFSET + size])
-            raw.release()
+            del raw
             buffers.recycle(bufferId)
             addr = self._nameCache.get(name)
             if addr is None:
