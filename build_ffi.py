@@ -132,7 +132,7 @@ int64_t ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
                                   unsigned namelen, unsigned controllen,
                                   int bgid, unsigned kind);
 int64_t ur_prep_read(struct ur_ring *r, int fd, void *buf, unsigned len,
-                     unsigned kind);
+                     int bgid, unsigned kind);
 int64_t ur_prep_recvmsg_into(struct ur_ring *r, int fd, struct ur_msg *m,
                              char *buf, size_t len, unsigned namelen,
                              unsigned controllen, int bgid, unsigned kind);

@@ -1,20 +1,47 @@
 """
 Child processes: their output pipes are read by io_uring read operations,
-whole and in order, paused without loss, and ended as on epoll.
+whole and in order, paused without loss, and ended as on epoll; into the
+reactor's provided buffers where the kernel has them (a quiet pipe then
+holds no memory), otherwise into buffers of their own.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 
-from tests.conftest import run
+from tests.conftest import _release, requireFeature, run, sleep
+from tests.test_faults import _echoCheck
 from uringreactor import process
+from uringreactor.features import Features
 from uringreactor.reactor import IOUringReactor
+
+
+@pytest.fixture(params=["provided", "own"])
+def uring(request: pytest.FixtureRequest) -> Iterator[IOUringReactor]:
+    """
+    An io_uring reactor whose pipe reads land in its provided buffers, or
+    (C{own}, as on kernels without them) in buffers of their own.
+    """
+    if request.param == "provided":
+        reactor = IOUringReactor()
+    else:
+        reactor = IOUringReactor(
+            Features.detect(environ={"URINGREACTOR_DISABLE": "buf_ring"})
+        )
+    try:
+        if request.param == "provided":
+            requireFeature(reactor._ring.features, "multishot_recv")
+        yield reactor
+    finally:
+        _release(reactor)
+
 
 # A child that writes COUNT numbered lines to stdout and a line to stderr.
 _CHILD = """
@@ -114,3 +141,69 @@ def test_pausedOutputLosesNothing(uring: IOUringReactor) -> None:
     assert isinstance(ended, error.ProcessDone)
     assert collect.pauses > 3
     assert b"".join(collect.out) == _expected(count)
+
+
+# A child that says it is ready, then waits for its stdin to close.
+_QUIET_CHILD = """
+import sys
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_quietPipesHoldNoBuffer() -> None:
+    """
+    A quiet child's pipes each have a read in flight, but the kernel gives
+    such a read a provided buffer only when data arrives: with just two
+    provided buffers in the reactor, both pipes of a child that writes
+    nothing still leave them to TCP, whose echo goes through while the
+    child waits.  (A read that held its buffer while waiting would leave
+    the receives none, and the echo would never come.)  The child's output
+    arrives, and it ends, once its stdin is closed.
+    """
+    reactor = IOUringReactor(bufferCount=2, bufferSize=1024, buffersAtStart=2)
+    try:
+        requireFeature(reactor._ring.features, "multishot_recv")
+        collect = Collect(reactor)
+        ready: Deferred[None] = Deferred()
+        outReceived = collect.outReceived
+
+        def firstOutput(data: bytes) -> None:
+            outReceived(data)
+            if not ready.called:
+                ready.callback(None)
+
+        collect.outReceived = firstOutput  # type: ignore[method-assign]
+
+        async def work() -> Any:
+            child = reactor.spawnProcess(
+                collect, sys.executable, [sys.executable, "-c", _QUIET_CHILD], env=None
+            )
+            await ready
+            # The reads after "ready" reach the kernel and wait there.
+            await sleep(reactor, 0.1)
+            armed = [child.pipes[fd]._readOp is not None for fd in (1, 2)]
+            port = reactor.listenTCP(
+                0, Factory.forProtocol(_Echo), interface="127.0.0.1"
+            )
+            echoes = [
+                await _echoCheck(reactor, port.getHost().port, b"echo %d" % i)
+                for i in range(3)
+            ]
+            await port.stopListening()
+            child.closeStdin()
+            return armed, echoes, await collect.ended
+
+        armed, echoes, ended = run(reactor, work, timeout=30)
+    finally:
+        _release(reactor)
+    assert armed == [True, True]
+    assert echoes == [b"echo 0", b"echo 1", b"echo 2"]
+    assert isinstance(ended, error.ProcessDone)
+    assert b"".join(collect.out) == b"ready\n"

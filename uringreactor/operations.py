@@ -241,7 +241,18 @@ class Preparing:
         until it completes.
         """
         return self._carry(
-            _prepRead(self._ptr, fd, buffer, size, KIND_RECV), op, buffer
+            _prepRead(self._ptr, fd, buffer, size, -1, KIND_RECV), op, buffer
+        )
+
+    def readSelect(self, fd: int, groupId: int, size: int, op: Operation) -> Operation:
+        """
+        One read of up to C{size} bytes from the descriptor C{fd} (a pipe)
+        into a buffer of the provided group C{groupId}, which the kernel
+        takes only when data arrives (so a read waiting on a quiet pipe
+        holds no memory); carried by C{op}.
+        """
+        return self._carry(
+            _prepRead(self._ptr, fd, ffi.NULL, size, groupId, KIND_RECV), op, None
         )
 
     def receiveMultishot(self, fd: int, groupId: int, op: Operation) -> Operation:

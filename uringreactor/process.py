@@ -10,12 +10,16 @@ each pipe has one read operation in flight, of up to 64 KiB (a whole pipe
 buffer): its completion carries the data itself, and the next read goes
 to the kernel with the loop's next C{io_uring_enter}.
 
-The read's buffer belongs to its operation until the operation's last
-completion: cancelled (the protocol paused reading, or the pipe is
-closing), the operation keeps it, and what a read that completed anyway
-brought is held and delivered when reading resumes, so pausing loses
-nothing.  End of file and read errors end the pipe as on epoll
-(C{CONNECTION_DONE}, C{CONNECTION_LOST}).
+The read lands in one of the reactor's provided buffers (those TCP
+receives use), which the kernel takes only when data arrives: a quiet
+child's pipes hold no memory, as on epoll, however many children there
+are.  Where the kernel has no provided buffers (before 5.19) each read has
+a buffer of its own, which belongs to its operation until the operation's
+last completion.  A read cancelled (the protocol paused reading, or the
+pipe is closing) that completed anyway has what it brought held and
+delivered when reading resumes, so pausing loses nothing.  End of file and
+read errors end the pipe as on epoll (C{CONNECTION_DONE},
+C{CONNECTION_LOST}).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from twisted.internet import process
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 from uringreactor._liburing import ffi
-from uringreactor.operations import Operation
+from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, Operation
 
 # Bytes one read asks for: the default capacity of a Linux pipe.
 READ_SIZE = 65536
 
 # What a read reports when it should simply be made again.
 _READ_AGAIN = frozenset({-errno.EAGAIN, -errno.EINTR})
+_ENOBUFS = -errno.ENOBUFS
 
 _unpack = ffi.unpack
 
@@ -49,7 +54,8 @@ class ProcessReader(process.ProcessReader):
     _flushQueued = False
     _registered = False
     # The read in flight, the buffer of the last one to complete (for the
-    # next), and what a cancelled read brought while reading was paused.
+    # next, where reads have buffers of their own), and what a cancelled
+    # read brought while reading was paused.
     _readOp: Operation | None = None
     _spare: Any = None
     _held: bytes = b""
@@ -79,7 +85,7 @@ class ProcessReader(process.ProcessReader):
         if op is not None:
             self._readOp = None
             self.reactor._driver.ring.cancel(
-                op, late=lambda res, flags: self._lateRead(op, res)
+                op, late=lambda res, flags: self._lateRead(op, res, flags)
             )
 
     # reactor.removeReader(reader)
@@ -97,11 +103,32 @@ class ProcessReader(process.ProcessReader):
         return False
 
     def _armRead(self) -> None:
+        driver = self.reactor._driver
+        buffers = driver.buffers
+        if buffers is not None:
+            op = Operation(self._read, None)
+            self._readOp = driver.ring.readSelect(
+                self.fd, buffers.groupId, min(READ_SIZE, buffers.bufferSize), op
+            )
+            return
         buffer, self._spare = self._spare, None
         if buffer is None:
             buffer = ffi.new("char[]", READ_SIZE)
         op = Operation(self._read, buffer)
-        self._readOp = self.reactor._driver.ring.read(self.fd, buffer, READ_SIZE, op)
+        self._readOp = driver.ring.read(self.fd, buffer, READ_SIZE, op)
+
+    def _data(self, op: Operation, res: int, flags: int) -> bytes:
+        """
+        The C{res} bytes a read brought, out of the provided buffer it
+        names in C{flags} (which goes back to the kernel) or its own.
+        """
+        if flags & F_BUFFER:
+            buffers = self.reactor._driver.buffers
+            return buffers.take(flags >> BUFFER_SHIFT, res)  # type: ignore[no-any-return]
+        # The kernel is done with the read's own buffer: the next read
+        # takes it.
+        self._spare = op.memory
+        return _unpack(op.memory, res)  # type: ignore[no-any-return]
 
     def _read(self, res: int, flags: int) -> None:
         """
@@ -112,32 +139,40 @@ class ProcessReader(process.ProcessReader):
         self._readOp = None
         driver = self.reactor._driver
         if res > 0:
-            data = _unpack(op.memory, res)
-            # The kernel is done with the buffer: the next read takes it.
-            self._spare = op.memory
-            driver.call(self, self.dataReceived, data)
-        elif res == 0:
+            driver.call(self, self.dataReceived, self._data(op, res, flags))
+        elif flags & F_BUFFER:
+            # Nothing read into the buffer: back to the kernel with it.
+            driver.recycleLate(res, flags)
+        if res == 0:
             driver.lose(self, CONNECTION_DONE, True)
             return
-        elif res not in _READ_AGAIN:
+        if res == _ENOBUFS:
+            # Every provided buffer is in use: more join, and it reads again.
+            assert driver.buffers is not None
+            driver.buffers.shortage()
+        elif res < 0 and res not in _READ_AGAIN:
             driver.lose(self, CONNECTION_LOST, True)
             return
         if self._reading and self._readOp is None and self.connected:
             self._armRead()
 
-    def _lateRead(self, op: Operation, res: int) -> None:
+    def _lateRead(self, op: Operation, res: int, flags: int) -> None:
         """
         The last completion of the cancelled read C{op}: data it read
         anyway is held for when reading resumes (end of file and errors
         show again to the next read).
         """
-        if res > 0 and self.connected:
-            self._held += _unpack(op.memory, res)
-            if self._reading:
-                # Reading resumed before this came back: it is delivered
-                # now, before what the read made since then brings.
-                held, self._held = self._held, b""
-                self.reactor._driver.call(self, self.dataReceived, held)
+        if res <= 0 or not self.connected:
+            # No data, or nobody to give it to: a provided buffer it took
+            # goes back to the kernel.
+            self.reactor._driver.recycleLate(res, flags)
+            return
+        self._held += self._data(op, res, flags)
+        if self._reading:
+            # Reading resumed before this came back: it is delivered now,
+            # before what the read made since then brings.
+            held, self._held = self._held, b""
+            self.reactor._driver.call(self, self.dataReceived, held)
 
     def _deliverHeld(self, held: bytes) -> None:
         """

@@ -71,15 +71,21 @@ int64_t ur_prep_recv(struct ur_ring *r, int fd, void *buf, size_t len,
     return ur_tag(r, sqe, ud);
 }
 
-/* A read of up to len bytes into buf from fd at its current position (a
- * pipe, a terminal): buf must live until the completion. */
+/* A read of up to len bytes from fd at its current position (a pipe, a
+ * terminal): into buf, which must live until the completion; or, with bgid
+ * >= 0 (buf NULL), into a buffer of that provided group, which the kernel
+ * takes only when data arrives. */
 int64_t ur_prep_read(struct ur_ring *r, int fd, void *buf, unsigned len,
-                     unsigned kind)
+                     int bgid, unsigned kind)
 {
     struct io_uring_sqe *sqe;
     int64_t ud;
     UR_BEGIN(r, kind, sqe, ud);
     io_uring_prep_read(sqe, fd, buf, len, (uint64_t)-1);
+    if (bgid >= 0) {
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = bgid;
+    }
     return ur_tag(r, sqe, ud);
 }
 

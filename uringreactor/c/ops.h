@@ -55,7 +55,7 @@ int64_t ur_prep_send(struct ur_ring *r, int fd, const char *buf, size_t len,
 int64_t ur_prep_sendv(struct ur_ring *r, int fd, struct iovec *iov,
                       int iovcnt, void *msghdr, int flags, unsigned kind);
 int64_t ur_prep_read(struct ur_ring *r, int fd, void *buf, unsigned len,
-                     unsigned kind);
+                     int bgid, unsigned kind);
 int64_t ur_prep_recvmsg_multishot(struct ur_ring *r, int fd, struct ur_msg *m,
                                   unsigned namelen, unsigned controllen,
                                   int bgid, unsigned kind);
