@@ -722,3 +722,90 @@ def test_burstOfConnectionsAcceptedInFewIterations(multishot: bool) -> None:
         port.stopListening()
     finally:
         reactor._ring.close()
+
+
+class PausingCollect(Collect):
+    """
+    Collects what it receives, pausing reading for a moment after every
+    seventh delivery.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if len(self.chunks) % 7 == 0:
+            self.pauses += 1
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            reactor = self.transport.reactor  # type: ignore[union-attr]
+            reactor.callLater(0.002, self.transport.resumeProducing)  # type: ignore[union-attr]
+
+
+def test_copyingReceiverReadsBulkOnReadiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Where reads are copied out of the provided buffers (PyPy; forced here
+    on CPython too), a read that fills a buffer switches the connection to
+    recv() on readiness, and a short read switches it back to the
+    multishot receive: 16 MiB of bulk data with the protocol pausing now
+    and then, then small messages, then end of file, all arrive in order,
+    with the reads of each kind in their place.
+    """
+    from uringreactor import receiving
+
+    monkeypatch.setattr(receiving, "HANDS_OVER", 0)
+    reactor = IOUringReactor()
+    try:
+        requireFeature(reactor._ring.features, "multishot_recv")
+        readable = []
+        original = receiving.CopyingBufferReceiver._readable
+
+        def spy(self: Any, res: int) -> None:
+            readable.append(res)
+            original(self, res)
+
+        monkeypatch.setattr(receiving.CopyingBufferReceiver, "_readable", spy)
+        bulk = bytes(range(251)) * (16 * 1024 * 1024 // 251)
+        small = [b"small message %d\n" % i for i in range(50)]
+
+        @inlineCallbacks
+        def work() -> Any:
+            servers: list[Any] = []
+            port = reactor.listenTCP(
+                0, serverFactory(servers, PausingCollect), interface="127.0.0.1"
+            )
+            peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+            peer.setblocking(False)
+            while not servers:
+                yield sleep(reactor, 0.001)
+            server = servers[0]
+            receiver = server.transport._receiver
+            assert type(receiver) is receiving.CopyingBufferReceiver
+            sent = 0
+            while sent < len(bulk):
+                try:
+                    sent += peer.send(bulk[sent : sent + 65536])
+                except BlockingIOError:
+                    yield sleep(reactor, 0.001)
+            while sum(map(len, server.chunks)) < len(bulk):
+                yield sleep(reactor, 0.001)
+            wentBulk = len(readable)
+            for message in small:
+                peer.send(message)
+                yield sleep(reactor, 0.002)
+            backToMultishot = not receiver.bulk
+            peer.shutdown(socket.SHUT_WR)
+            received = yield server.done
+            peer.close()
+            yield port.stopListening()
+            return server, received, wentBulk, backToMultishot
+
+        server, received, wentBulk, backToMultishot = run(reactor, work)
+    finally:
+        _release(reactor)
+    assert received == bulk + b"".join(small)
+    assert server.pauses > 10
+    assert wentBulk > 10
+    assert backToMultishot
+    assert isinstance(server.reason.value, error.ConnectionDone)

@@ -211,6 +211,13 @@ class Preparing:
         """
         return self._own(_prepPoll(self._ptr, fd, mask, 0, KIND_POLL), handler, None)
 
+    def pollWith(self, fd: int, mask: int, op: Operation) -> Operation:
+        """
+        A one-shot poll of C{fd} for the events in C{mask}, carried by
+        C{op} (an operation object not in flight, such as a receiver).
+        """
+        return self._carry(_prepPoll(self._ptr, fd, mask, 0, KIND_POLL), op, None)
+
     def accept(self, fd: int, multishot: bool, handler: Handler) -> Operation:
         """
         Accept connections on the listening socket C{fd}: one, or (multishot)

@@ -27,9 +27,11 @@ C{DRAINING}): a receive is armed only once what is held has been
 delivered.  So data delivered at once from a completion never overtakes
 held data.
 
-Three strategies, one class each, differ only in the operation they arm
+Four strategies, one class each, differ only in the operation they arm
 and how its completion is read: L{BufferReceiver} (a multishot receive
-into the reactor's provided buffers), L{OwnBufferReceiver} (single
+into the reactor's provided buffers), L{CopyingBufferReceiver} (the same
+where reads are copied out of the buffers, as under PyPy, reading bulk
+transfers with recv() on readiness instead), L{OwnBufferReceiver} (single
 receives into a buffer of its own, where the kernel has no provided
 buffers) and, in L{uringreactor.unix}, recvmsg with room for passed
 descriptors.  All of them deliver through L{Receiver.deliver}.
@@ -38,12 +40,14 @@ descriptors.  All of them deliver through L{Receiver.deliver}.
 from __future__ import annotations
 
 import errno
+import select
 import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.python import log
 
 from uringreactor._liburing import ffi
+from uringreactor.bufferring import HANDS_OVER
 from uringreactor.logcontext import ContextEntry
 from uringreactor.operations import BUFFER_SHIFT, F_BUFFER, F_MORE, Operation
 from uringreactor.outcomes import receiveEnd
@@ -61,6 +65,7 @@ RECV_BUFFER_SIZE = 65536
 
 _ENOBUFS = -errno.ENOBUFS
 _ECANCELED = -errno.ECANCELED
+_POLLIN = select.POLLIN
 _unpack = ffi.unpack
 
 
@@ -441,6 +446,107 @@ class BufferReceiver(Receiver):
             self._deliverLater()
 
 
+class CopyingBufferReceiver(BufferReceiver):
+    """
+    A L{BufferReceiver} for where every read is copied out of its provided
+    buffer (PyPy: see L{uringreactor.cffibuffers}), which reads bulk
+    transfers the way epoll's reactor does.
+
+    A read that fills a whole provided buffer is taken for the sign of a
+    bulk transfer: the multishot receive is then cancelled (its last
+    completions held and delivered first, as when data arrives while
+    paused) and, while reads stay large, each read is a C{recv()} made when
+    a one-shot poll reports the socket readable.  There PyPy's C{recv()}
+    fills the string the protocol gets in place, where a provided buffer
+    costs a copy out of it (3 us for 64 KiB under PyPy 7.3) and, the copy
+    being a movable object, more to send it on (2 us): a 64 KiB echo spent
+    6.6 us more per message in user space than on epoll.  A read of less
+    than a quarter of a buffer goes back to the multishot receive.
+
+    @ivar bulk: whether reads are C{recv()} calls on readiness.
+    """
+
+    __slots__ = ("bulk",)
+
+    def __init__(self, transport: Any, driver: Driver) -> None:
+        super().__init__(transport, driver)
+        self.bulk = False
+
+    def prepare(self, fd: int) -> None:
+        if self.bulk:
+            self.driver.ring.pollWith(fd, _POLLIN, self)
+        else:
+            super().prepare(fd)
+
+    def completed(self, res: int, flags: int) -> None:
+        """
+        A completion of the multishot receive, or of the poll in bulk
+        mode.
+        """
+        if self.bulk:
+            self._readable(res)
+            return
+        super().completed(res, flags)
+        buffers: Any = self.driver.buffers
+        if (
+            res == buffers.bufferSize
+            and flags & F_MORE
+            and self.state == ARMED
+            and self.reading
+            and not self.transport.disconnected
+        ):
+            # A whole buffer: bulk data.  Its multishot receive drains (what
+            # it still brings is held and delivered first), then polls arm.
+            self.bulk = True
+            self._pausedData()
+
+    def _cancelWhileStopped(self) -> None:
+        if self.bulk:
+            # A poll: cancelled as a single receive is.
+            Receiver._cancelWhileStopped(self)
+        else:
+            super()._cancelWhileStopped()
+
+    def _readable(self, res: int) -> None:
+        """
+        The poll armed in bulk mode completed: read what waits, as epoll's
+        C{doRead} does, then poll (or receive) again.
+        """
+        self.finished()
+        if res < 0:
+            why = receiveEnd(res)
+            if why is not None:
+                self.ended(why)
+            else:
+                self.rearm()
+            return
+        if not self.reading:
+            # Paused meanwhile: the data stays in the socket (flow control
+            # pushes back on the peer) until reading resumes.
+            return
+        transport = self.transport
+        size = self.driver.buffers.bufferSize  # type: ignore[union-attr]
+        try:
+            data = transport.socket.recv(size)
+        except BlockingIOError:
+            self.rearm()
+            return
+        except OSError as e:
+            why = receiveEnd(-(e.errno or errno.EIO))
+            if why is not None:
+                self.ended(why)
+            else:
+                self.rearm()
+            return
+        if not data:
+            self.ended(receiveEnd(0))  # type: ignore[arg-type]
+            return
+        if len(data) < size // 4:
+            self.bulk = False
+        self.deliver(data)
+        self.rearm()
+
+
 class OwnBufferReceiver(Receiver):
     """
     Single receives into a buffer of the receiver's own (its memory), one
@@ -478,5 +584,7 @@ def receiverFor(transport: Any, driver: Driver) -> Receiver:
     reactor has them.
     """
     if driver.buffers is not None:
-        return BufferReceiver(transport, driver)
+        if HANDS_OVER:
+            return BufferReceiver(transport, driver)
+        return CopyingBufferReceiver(transport, driver)
     return OwnBufferReceiver(transport, driver)
