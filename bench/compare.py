@@ -723,9 +723,6 @@ def main() -> int:
         if not name or not path:
             parser.error(f"--python wants NAME=PATH, not {spec!r}")
         _interpreters[name] = path
-    if _interpreters:
-        plain = [r for r in reactors if "@" not in r]
-        reactors = plain + [f"{r}@{n}" for n in _interpreters for r in plain]
     if args.baseline:
         global _baselinePath
         _baselinePath = str(Path(args.baseline).resolve())
@@ -733,6 +730,10 @@ def main() -> int:
             reactors.insert(
                 reactors.index("iouring") + 1 if "iouring" in reactors else 0, BASELINE
             )
+    if _interpreters:
+        # Each reactor (the baseline's too) under each interpreter.
+        plain = [r for r in reactors if "@" not in r]
+        reactors = plain + [f"{r}@{n}" for n in _interpreters for r in plain]
     missing = [r for r in reactors if not available(r)]
     if missing:
         print(f"skipping {', '.join(missing)}: not installed")

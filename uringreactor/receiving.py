@@ -39,9 +39,12 @@ descriptors.  All of them deliver through L{Receiver.deliver}.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import select
 import sys
+import termios
 from typing import TYPE_CHECKING, Any
 
 from twisted.python import log
@@ -66,6 +69,8 @@ RECV_BUFFER_SIZE = 65536
 _ENOBUFS = -errno.ENOBUFS
 _ECANCELED = -errno.ECANCELED
 _POLLIN = select.POLLIN
+# FIONREAD's answer (see bytesWaiting): the loop's one thread asks.
+_PENDING = array.array("i", [0])
 _unpack = ffi.unpack
 
 
@@ -525,18 +530,17 @@ class CopyingBufferReceiver(BufferReceiver):
             # pushes back on the peer) until reading resumes.
             return
         transport = self.transport
+        skt = transport.socket
         size = self.driver.buffers.bufferSize  # type: ignore[union-attr]
+        # A read of at most a buffer: PyPy's recv() fills a string of the
+        # size asked for and shrinks it by copying when less came.
         try:
-            data = transport.socket.recv(size)
+            data = skt.recv(size)
         except BlockingIOError:
             self.rearm()
             return
         except OSError as e:
-            why = receiveEnd(-(e.errno or errno.EIO))
-            if why is not None:
-                self.ended(why)
-            else:
-                self.rearm()
+            self._recvFailed(e)
             return
         if not data:
             self.ended(receiveEnd(0))  # type: ignore[arg-type]
@@ -544,7 +548,54 @@ class CopyingBufferReceiver(BufferReceiver):
         if len(data) < size // 4:
             self.bulk = False
         self.deliver(data)
+        if len(data) == size:
+            # A full buffer: what came with it is read now, in this
+            # iteration, as the multishot receive would have brought it (a
+            # message a little longer than a buffer, 64 KiB of TLS records
+            # say, then comes whole, where a tail read one iteration later
+            # would have its response held back by Nagle's algorithm until
+            # the peer's delayed acknowledgement).  Asked first how much
+            # waits, so that no read fails for want of data.
+            self._readPending(skt)
         self.rearm()
+
+    def _readPending(self, skt: Any) -> None:
+        """
+        Read and deliver what the socket holds now, at most a buffer's
+        worth, while the protocol still reads.
+        """
+        if not self.reading or self.transport.disconnected or self.state != IDLE:
+            return
+        pending = bytesWaiting(skt.fileno())
+        if pending <= 0:
+            return
+        try:
+            data = skt.recv(min(pending, self.driver.buffers.bufferSize))  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._recvFailed(e)
+            return
+        if data:
+            self.deliver(data)
+
+    def _recvFailed(self, e: OSError) -> None:
+        why = receiveEnd(-(e.errno or errno.EIO))
+        if why is not None:
+            self.ended(why)
+        else:
+            self.rearm()
+
+
+def bytesWaiting(fd: int) -> int:
+    """
+    How many bytes the socket C{fd} holds unread (C{FIONREAD}), or -1.
+    """
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, _PENDING, True)
+    except OSError:
+        return -1
+    return _PENDING[0]
 
 
 class OwnBufferReceiver(Receiver):
