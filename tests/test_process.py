@@ -207,3 +207,46 @@ def test_quietPipesHoldNoBuffer() -> None:
     assert echoes == [b"echo 0", b"echo 1", b"echo 2"]
     assert isinstance(ended, error.ProcessDone)
     assert b"".join(collect.out) == b"ready\n"
+
+
+def test_quietPipesCostNothingWhileQuiet(uring: IOUringReactor) -> None:
+    """
+    A read on a pipe with nothing to read waits in the kernel: while a
+    child stays quiet its pipes bring no completions and cost the loop no
+    iterations.  (A kernel that answered such a read at once with EAGAIN,
+    as io_uring may for a file opened non-blocking, would have the reader
+    read again every iteration: a busy loop thousands of completions
+    long.)
+    """
+    collect = Collect(uring)
+    ready: Deferred[None] = Deferred()
+    outReceived = collect.outReceived
+
+    def firstOutput(data: bytes) -> None:
+        outReceived(data)
+        if not ready.called:
+            ready.callback(None)
+
+    collect.outReceived = firstOutput  # type: ignore[method-assign]
+
+    async def work() -> Any:
+        child = uring.spawnProcess(
+            collect, sys.executable, [sys.executable, "-c", _QUIET_CHILD], env=None
+        )
+        await ready
+        await sleep(uring, 0.05)
+        before = uring.ioCounters()
+        await sleep(uring, 0.5)
+        after = uring.ioCounters()
+        armed = [child.pipes[fd]._readOp is not None for fd in (1, 2)]
+        child.closeStdin()
+        await collect.ended
+        return armed, {k: after[k] - before[k] for k in ("cqes", "enters")}
+
+    armed, spent = run(uring, work, timeout=30)
+    assert armed == [True, True]
+    assert spent["cqes"] == 0, spent
+    # Only timers wake the loop: the sleep's, and (the tests run the
+    # reactor without signal handlers, so without SIGCHLD) Twisted's reaper,
+    # which polls for ended children 20 times a second.
+    assert spent["enters"] <= 25, spent
