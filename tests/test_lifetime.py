@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
 from tests.conftest import openFds, run, scaled, sleep
+from uringreactor.operations import Operation
 from uringreactor.reactor import IOUringReactor
 
 
@@ -706,7 +708,6 @@ def test_newOperationsNeverTakeTheSlotOfACompletionStillToDeliver() -> None:
     slots that no completion of that batch names: each completion reaches
     the operation it belongs to, never a successor in its slot.
     """
-    from uringreactor.operations import Operation
     from uringreactor.ring import Ring
 
     ring = Ring()
@@ -800,3 +801,83 @@ def _resultRecorder(seen: list[Any], name: str) -> Any:
     A handler that records C{(name, res)} in C{seen}.
     """
     return lambda res, flags: seen.append((name, res))
+
+
+class _Echo(Strict):
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "ending", ["peerCloses", "serverCloses", "closesWhilePaused", "abortsWithOutput"]
+)
+def test_closedConnectionsAreFreedWithoutTheCollector(
+    anyReactor: Any, ending: str
+) -> None:
+    """
+    A connection that has closed, however it closed, is freed as soon as
+    the application lets go of it, without the garbage collector: nothing
+    of the reactor's (its receive and send sides, operations cancelled
+    with their late handlers) keeps it in a reference cycle, as nothing of
+    epoll's does.  A server with a connection per request would otherwise
+    leave a cycle per request for the collector.
+    """
+    reactor = anyReactor
+    servers: list[Any] = []
+    gc.collect()
+    gc.disable()
+    try:
+
+        @inlineCallbacks
+        def work() -> Any:
+            port = reactor.listenTCP(0, _factory(servers, _Echo), interface="127.0.0.1")
+            client = Strict()
+            _client(reactor, port.getHost().port, client)
+            yield client.made
+            while not servers:
+                yield sleep(reactor, 0.001)
+            server = servers[0]
+            if ending == "peerCloses":
+                client.transport.write(b"ping")
+                while client.received < 4:
+                    yield sleep(reactor, 0.001)
+                client.transport.loseConnection()
+            elif ending == "serverCloses":
+                server.transport.write(b"pong")
+                server.transport.loseConnection()
+            elif ending == "closesWhilePaused":
+                server.transport.pauseProducing()
+                client.transport.write(b"held while paused")
+                yield sleep(reactor, 0.05)
+                server.transport.loseConnection()
+            else:
+                # The client does not read: the send stays in flight.
+                client.transport.pauseProducing()
+                server.transport.write(b"x" * (8 << 20))
+                yield sleep(reactor, 0.05)
+                server.transport.abortConnection()
+                # Reading again, the client sees the reset.
+                client.transport.resumeProducing()
+            yield server.lost
+            yield client.lost
+            yield sleep(reactor, 0.05)
+            yield port.stopListening()
+            assert not server.violations
+            # Strict's own Deferred refers back to it (made fired with it).
+            server.made = None
+            return weakref.ref(server.transport)
+
+        ref = run(reactor, work)
+        servers.clear()
+        assert ref() is None
+        # Nor did the operations of the connection (its receive and send
+        # sides, cancelled ones) make cycles of their own.
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cycles = [type(o).__name__ for o in gc.garbage if isinstance(o, Operation)]
+        assert cycles == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

@@ -7,7 +7,9 @@ holds no memory), otherwise into buffers of their own.
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -250,3 +252,42 @@ def test_quietPipesCostNothingWhileQuiet(uring: IOUringReactor) -> None:
     # reactor without signal handlers, so without SIGCHLD) Twisted's reaper,
     # which polls for ended children 20 times a second.
     assert spent["enters"] <= 25, spent
+
+
+@pytest.mark.parametrize("pauseEvery", [0, 1])
+def test_endedChildIsFreedWithoutTheCollector(
+    uring: IOUringReactor, pauseEvery: int
+) -> None:
+    """
+    Once a child has ended, nothing of the reactor's keeps its process
+    object alive, and no reference cycle of the reactor's does either: its
+    operations (the polls of its stdin, the reads of its output, reads
+    cancelled by pausing) are freed as they complete, and the process with
+    them, without the garbage collector, as on epoll.
+    """
+    collect = Collect(uring, pauseEvery)
+    gc.collect()
+    gc.disable()
+    try:
+
+        async def work() -> Any:
+            child = uring.spawnProcess(
+                collect,
+                sys.executable,
+                [sys.executable, "-c", _CHILD, "20000"],
+                env=None,
+            )
+            collect.transport = child
+            await collect.ended
+            # Let a resumeProducing scheduled by the last pause run.
+            await sleep(uring, 0.05)
+            return weakref.ref(child)
+
+        ref = run(uring, work, timeout=60)
+        assert b"".join(collect.out) == _expected(20000)
+        assert pauseEvery == 0 or collect.pauses > 0
+        # The test's protocol is the last to hold the process.
+        collect.transport = None
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -140,10 +140,15 @@ class _Cancelled:
         self.late = late
 
     def __call__(self, res: int, flags: int) -> None:
+        late = self.late
         if not flags & F_MORE:
             self.ring._cancelling -= 1
-        if self.late is not None:
-            self.late(res, flags)
+            # The last completion: let go of the late handler, which often
+            # refers back to the operation (a receiver's own method), so
+            # that the two do not wait for the garbage collector.
+            self.late = None
+        if late is not None:
+            late(res, flags)
 
 
 def submissionError(rc: int) -> OSError:

@@ -25,6 +25,7 @@ C{CONNECTION_LOST}).
 from __future__ import annotations
 
 import errno
+from functools import partial
 from typing import Any
 
 from twisted.internet import process
@@ -84,8 +85,10 @@ class ProcessReader(process.ProcessReader):
         op = self._readOp
         if op is not None:
             self._readOp = None
+            # The late handler is given the read's memory, not the read:
+            # the read holds its handler, which would then hold it back.
             self.reactor._driver.ring.cancel(
-                op, late=lambda res, flags: self._lateRead(op, res, flags)
+                op, late=partial(self._lateRead, op.memory)
             )
 
     # reactor.removeReader(reader)
@@ -117,18 +120,19 @@ class ProcessReader(process.ProcessReader):
         op = Operation(self._read, buffer)
         self._readOp = driver.ring.read(self.fd, buffer, READ_SIZE, op)
 
-    def _data(self, op: Operation, res: int, flags: int) -> bytes:
+    def _data(self, memory: Any, res: int, flags: int) -> bytes:
         """
         The C{res} bytes a read brought, out of the provided buffer it
-        names in C{flags} (which goes back to the kernel) or its own.
+        names in C{flags} (which goes back to the kernel) or its own,
+        C{memory}.
         """
         if flags & F_BUFFER:
             buffers = self.reactor._driver.buffers
             return buffers.take(flags >> BUFFER_SHIFT, res)  # type: ignore[no-any-return]
         # The kernel is done with the read's own buffer: the next read
         # takes it.
-        self._spare = op.memory
-        return _unpack(op.memory, res)  # type: ignore[no-any-return]
+        self._spare = memory
+        return _unpack(memory, res)  # type: ignore[no-any-return]
 
     def _read(self, res: int, flags: int) -> None:
         """
@@ -139,7 +143,7 @@ class ProcessReader(process.ProcessReader):
         self._readOp = None
         driver = self.reactor._driver
         if res > 0:
-            driver.call(self, self.dataReceived, self._data(op, res, flags))
+            driver.call(self, self.dataReceived, self._data(op.memory, res, flags))
         elif flags & F_BUFFER:
             # Nothing read into the buffer: back to the kernel with it.
             driver.recycleLate(res, flags)
@@ -156,9 +160,10 @@ class ProcessReader(process.ProcessReader):
         if self._reading and self._readOp is None and self.connected:
             self._armRead()
 
-    def _lateRead(self, op: Operation, res: int, flags: int) -> None:
+    def _lateRead(self, memory: Any, res: int, flags: int) -> None:
         """
-        The last completion of the cancelled read C{op}: data it read
+        The last completion of a cancelled read, whose own buffer (if it
+        has one) is C{memory}: data it read
         anyway is held for when reading resumes (end of file and errors
         show again to the next read).
         """
@@ -167,7 +172,7 @@ class ProcessReader(process.ProcessReader):
             # goes back to the kernel.
             self.reactor._driver.recycleLate(res, flags)
             return
-        self._held += self._data(op, res, flags)
+        self._held += self._data(memory, res, flags)
         if self._reading:
             # Reading resumed before this came back: it is delivered now,
             # before what the read made since then brings.

@@ -205,13 +205,9 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         fd = selectable.fileno()
         if fd < 0:
             raise _NoDescriptor(f"{selectable!r} has no file descriptor ({fd})")
-        op = self._ring.poll(fd, _POLLIN if isRead else _POLLOUT, _noop)
-
-        def ready(res: int, flags: int) -> None:
-            self._ready(selectable, isRead, op, res)
-
-        op.handler = ready
-        return op
+        return self._ring.pollWith(
+            fd, _POLLIN if isRead else _POLLOUT, _Readiness(self, selectable, isRead)
+        )
 
     def _ready(self, selectable: Any, isRead: bool, op: Operation, res: int) -> None:
         """
@@ -453,8 +449,25 @@ def _tuneAllocator() -> None:
         lib.ur_raise_malloc_thresholds(_ALLOCATOR_THRESHOLD)
 
 
-def _noop(res: int, flags: int) -> None:
-    pass
+class _Readiness(Operation):
+    """
+    A one-shot poll for a readiness-based selectable, which hands its
+    completion to the reactor (L{IOUringReactor._ready}) itself.  A
+    closure as its handler would refer back to the operation, and every
+    poll would leave a reference cycle (the operation, the closure, the
+    selectable and all it refers to) for the garbage collector.
+    """
+
+    __slots__ = ("reactor", "selectable", "isRead")
+
+    def __init__(self, reactor: IOUringReactor, selectable: Any, isRead: bool) -> None:
+        Operation.__init__(self, None, None)
+        self.reactor = reactor
+        self.selectable = selectable
+        self.isRead = isRead
+
+    def completed(self, res: int, flags: int) -> None:
+        self.reactor._ready(self.selectable, self.isRead, self, res)
 
 
 class _NoDescriptor(ValueError):

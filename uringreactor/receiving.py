@@ -81,7 +81,8 @@ class Receiver(Operation):
 
     @ivar transport: the transport: a C{FileDescriptor} with C{socket},
         C{disconnected} and C{_dataReceived} (which hands data to the
-        protocol and returns a reason to disconnect, or L{None}).
+        protocol and returns a reason to disconnect, or L{None}); L{None}
+        once closed.
     @ivar state: C{IDLE}, C{ARMED}, C{DRAINING} or C{CLOSED}.
     @ivar reading: whether the protocol wants data.
     @ivar held: data that arrived while the protocol did not want it, in
@@ -210,11 +211,18 @@ class Receiver(Operation):
         if self.state == ARMED:
             self.driver.ring.cancel(self, late=self.lateAfterClose())
         self.state = CLOSED
+        self.reading = False
         if self.deliverCall is not None:
             self.deliverCall.cancel()
             self.deliverCall = None
         held, self.held = self.held, None
         self.heldEnd = None
+        # The transport refers to its receiver; the receiver lets go of the
+        # transport, so that a closed connection is freed as soon as it is
+        # dropped, not by the garbage collector (a connection per request
+        # would otherwise leave a reference cycle per request).  Nothing
+        # reaches the transport from a closed receiver.
+        self.transport = None
         return held
 
     # -- operations -------------------------------------------------------

@@ -108,7 +108,8 @@ class Sender(Operation):
     is in flight.  A cancelled send keeps that memory until the kernel lets
     go; the sender never sends again.
 
-    @ivar transport: the transport, an L{uringreactor.handle.CompletionIO}.
+    @ivar transport: the transport, an L{uringreactor.handle.CompletionIO};
+        L{None} while idle in the driver's pool, and once closed.
     @ivar op: the send in flight (this sender for a plain send), the poll
         for room in the socket's buffer (see L{_sendNow}), or L{None}.
     @ivar length: its length.
@@ -341,3 +342,6 @@ class Sender(Operation):
         self.length = 0
         self.leftover = None
         self.leftoverLength = 0
+        # As a closed receiver does (see Receiver.close): no reference
+        # cycle outlives the connection.
+        self.transport = None

@@ -198,6 +198,9 @@ class MessageSender(Sender):
 
     def _more(self) -> None:
         transport = self.transport
+        if transport is None:
+            # What was just sent let the application close the connection.
+            return
         if transport._sendmsgQueue and self.op is None and not transport.disconnected:
             # Descriptors wait for bytes to travel with: flush again, which
             # sends them or reports the overrun, as epoll's next doWrite
