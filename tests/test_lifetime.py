@@ -19,7 +19,7 @@ import pytest
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
-from tests.conftest import openFds, run, scaled, sleep
+from tests.conftest import openFds, refcounted, run, scaled, sleep
 from uringreactor.operations import Operation
 from uringreactor.reactor import IOUringReactor
 
@@ -809,6 +809,7 @@ class _Echo(Strict):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
+@refcounted
 @pytest.mark.parametrize(
     "ending", ["peerCloses", "serverCloses", "closesWhilePaused", "abortsWithOutput"]
 )
@@ -878,6 +879,6 @@ def test_closedConnectionsAreFreedWithoutTheCollector(
         cycles = [type(o).__name__ for o in gc.garbage if isinstance(o, Operation)]
         assert cycles == []
     finally:
+        gc.enable()
         gc.set_debug(0)
         gc.garbage.clear()
-        gc.enable()

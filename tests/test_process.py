@@ -18,7 +18,7 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 
-from tests.conftest import _release, requireFeature, run, sleep
+from tests.conftest import _release, refcounted, requireFeature, run, sleep
 from tests.test_faults import _echoCheck
 from uringreactor import process
 from uringreactor.features import Features
@@ -254,6 +254,7 @@ def test_quietPipesCostNothingWhileQuiet(uring: IOUringReactor) -> None:
     assert spent["enters"] <= 25, spent
 
 
+@refcounted
 @pytest.mark.parametrize("pauseEvery", [0, 1])
 def test_endedChildIsFreedWithoutTheCollector(
     uring: IOUringReactor, pauseEvery: int
