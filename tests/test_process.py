@@ -159,6 +159,27 @@ class _Echo(Protocol):
         self.transport.write(data)
 
 
+async def _quietChild(reactor: Any, collect: Collect) -> Any:
+    """
+    Spawn a child that writes one line and then waits for its stdin to
+    close; return its process transport once the line has arrived.
+    """
+    ready: Deferred[None] = Deferred()
+    outReceived = collect.outReceived
+
+    def firstOutput(data: bytes) -> None:
+        outReceived(data)
+        if not ready.called:
+            ready.callback(None)
+
+    collect.outReceived = firstOutput  # type: ignore[method-assign]
+    child = reactor.spawnProcess(
+        collect, sys.executable, [sys.executable, "-c", _QUIET_CHILD], env=None
+    )
+    await ready
+    return child
+
+
 def test_quietPipesHoldNoBuffer() -> None:
     """
     A quiet child's pipes each have a read in flight, but the kernel gives
@@ -173,21 +194,9 @@ def test_quietPipesHoldNoBuffer() -> None:
     try:
         requireFeature(reactor._ring.features, "multishot_recv")
         collect = Collect(reactor)
-        ready: Deferred[None] = Deferred()
-        outReceived = collect.outReceived
-
-        def firstOutput(data: bytes) -> None:
-            outReceived(data)
-            if not ready.called:
-                ready.callback(None)
-
-        collect.outReceived = firstOutput  # type: ignore[method-assign]
 
         async def work() -> Any:
-            child = reactor.spawnProcess(
-                collect, sys.executable, [sys.executable, "-c", _QUIET_CHILD], env=None
-            )
-            await ready
+            child = await _quietChild(reactor, collect)
             # The reads after "ready" reach the kernel and wait there.
             await sleep(reactor, 0.1)
             armed = [child.pipes[fd]._readOp is not None for fd in (1, 2)]
@@ -221,21 +230,9 @@ def test_quietPipesCostNothingWhileQuiet(uring: IOUringReactor) -> None:
     long.)
     """
     collect = Collect(uring)
-    ready: Deferred[None] = Deferred()
-    outReceived = collect.outReceived
-
-    def firstOutput(data: bytes) -> None:
-        outReceived(data)
-        if not ready.called:
-            ready.callback(None)
-
-    collect.outReceived = firstOutput  # type: ignore[method-assign]
 
     async def work() -> Any:
-        child = uring.spawnProcess(
-            collect, sys.executable, [sys.executable, "-c", _QUIET_CHILD], env=None
-        )
-        await ready
+        child = await _quietChild(uring, collect)
         await sleep(uring, 0.05)
         before = uring.ioCounters()
         await sleep(uring, 0.5)
