@@ -128,8 +128,8 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 self._ring.features.discard(
                     "buf_ring", f"setting up the provided buffers failed: {e}"
                 )
-        self._reads: dict[Any, Operation | None] = {}
-        self._writes: dict[Any, Operation | None] = {}
+        self._reads: dict[Any, _Readiness | None] = {}
+        self._writes: dict[Any, _Readiness | None] = {}
         self._driver = Driver(
             self._ring, self._bufferRing, self._disconnectSelectable, self.callLater
         )
@@ -198,22 +198,24 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     def getWriters(self) -> list[Any]:
         return list(self._writes) + [h for h in self._driver.handles if h._writing]
 
-    def _arm(self, selectable: Any, isRead: bool) -> Operation:
+    def _arm(self, selectable: Any, isRead: bool) -> _Readiness:
         """
         Queue a one-shot poll for C{selectable} in one direction.
         """
         fd = selectable.fileno()
         if fd < 0:
             raise _NoDescriptor(f"{selectable!r} has no file descriptor ({fd})")
-        return self._ring.pollWith(
-            fd, _POLLIN if isRead else _POLLOUT, _Readiness(self, selectable, isRead)
-        )
+        op = _Readiness(self, selectable, isRead)
+        self._ring.pollWith(fd, _POLLIN if isRead else _POLLOUT, op)
+        return op
 
-    def _ready(self, selectable: Any, isRead: bool, op: Operation, res: int) -> None:
+    def _ready(self, op: _Readiness, res: int) -> None:
         """
-        A poll completed: run C{doRead} or C{doWrite} as epoll would, then
-        poll again while the descriptor is still registered.
+        The poll C{op} completed: run C{doRead} or C{doWrite} as epoll
+        would, then poll again while the descriptor is still registered.
         """
+        selectable = op.selectable
+        isRead = op.isRead
         table = self._reads if isRead else self._writes
         if table.get(selectable) is not op:
             return
@@ -467,7 +469,7 @@ class _Readiness(Operation):
         self.isRead = isRead
 
     def completed(self, res: int, flags: int) -> None:
-        self.reactor._ready(self.selectable, self.isRead, self, res)
+        self.reactor._ready(self, res)
 
 
 class _NoDescriptor(ValueError):
