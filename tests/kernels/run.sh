@@ -205,14 +205,33 @@ PACKAGES=python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,liburing-dev,
 rootfsDigest=$(printf '%s\n' "$PACKAGES" "$MIRROR" "rootfs-recipe-1" \
     | cat - "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
 
+# The host's /proc and /dev are bound into the root file system only while
+# something runs in it.  A run stopped meanwhile must not leave them there:
+# the next rebuild removes the root file system, and through a bound /dev
+# that would remove the host's device nodes.  So they are unbound on any
+# exit, and whatever an earlier run left bound is unbound before the cache
+# is touched.
+unbindHost() {
+    local m
+    for m in dev proc; do
+        if mountpoint -q "$ROOTFS/$m" 2>/dev/null; then
+            umount "$ROOTFS/$m" 2>/dev/null || umount -l "$ROOTFS/$m"
+        fi
+    done
+}
+
 inChroot() {
+    trap unbindHost EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     mount --bind /proc "$ROOTFS/proc"
     mount --bind /dev "$ROOTFS/dev"
     local rc=0
     chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         PIP_DISABLE_PIP_VERSION_CHECK=1 ${PIP_CERT:+PIP_CERT=/etc/ssl/host-ca.pem} \
         "$@" || rc=$?
-    umount "$ROOTFS/dev" "$ROOTFS/proc"
+    unbindHost
+    trap - EXIT INT TERM
     return $rc
 }
 
@@ -221,7 +240,8 @@ ensureRootfs() {
         return
     fi
     say "building the guests' root file system (debootstrap bookworm)"
-    rm -rf "$ROOTFS"
+    unbindHost
+    rm -rf --one-file-system "$ROOTFS"
     debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOTFS" "$MIRROR" \
         >"$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
@@ -386,6 +406,7 @@ for row in "${KERNEL_TABLE[@]}"; do
     read -r label suite prefix <<<"$row"
     case " ${WANTED[*]} " in *" $label "*) fetchKernel "$label" "$suite" "$prefix" ;; esac
 done
+unbindHost
 ensureRootfs
 stageSource
 buildProject
