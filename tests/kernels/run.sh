@@ -209,8 +209,7 @@ rootfsDigest=$(printf '%s\n' "$PACKAGES" "$MIRROR" "rootfs-recipe-1" \
 # something runs in it.  A run stopped meanwhile must not leave them there:
 # the next rebuild removes the root file system, and through a bound /dev
 # that would remove the host's device nodes.  So they are unbound on any
-# exit, and whatever an earlier run left bound is unbound before the cache
-# is touched.
+# exit, and whatever an earlier run left bound is unbound at the start.
 unbindHost() {
     local m
     for m in dev proc; do
@@ -240,7 +239,6 @@ ensureRootfs() {
         return
     fi
     say "building the guests' root file system (debootstrap bookworm)"
-    unbindHost
     rm -rf --one-file-system "$ROOTFS"
     debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOTFS" "$MIRROR" \
         >"$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
@@ -406,6 +404,8 @@ for row in "${KERNEL_TABLE[@]}"; do
     read -r label suite prefix <<<"$row"
     case " ${WANTED[*]} " in *" $label "*) fetchKernel "$label" "$suite" "$prefix" ;; esac
 done
+# Before anything touches the cache: a rebuild removes the root file
+# system, and a bind left over would be mounted over again.
 unbindHost
 ensureRootfs
 stageSource
