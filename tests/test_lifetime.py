@@ -441,6 +441,47 @@ def test_bytesReachTheKernelWithoutACopy() -> None:
             right.close()
 
 
+def test_restOfAPartialSendIsPinnedThroughItsBytes() -> None:
+    """
+    What is left of a partly sent piece (a memoryview of it) goes to the
+    kernel pinned through the bytes object it views, not through the view:
+    a pinned view has an export, and CPython's collector, clearing a cycle
+    that holds the view and what pins it (an aborted connection kept by its
+    protocol), could clear the view first and crash releasing the export.
+    The kernel still sends the right bytes, single or vectored.
+    """
+    from uringreactor.operations import Operation
+    from uringreactor.ring import Ring
+    from uringreactor.sending import remainder
+
+    whole = os.urandom(4096)
+    other = os.urandom(512)
+    ring = Ring()
+    left, right = socket.socketpair()
+    try:
+        for pieces in ([whole], [whole, other]):
+            rest = remainder(list(pieces), 1000)
+            expected = b"".join(bytes(p) for p in rest)
+            op = Operation(lambda res, flags: None, None)
+            ring.send(left.fileno(), rest, len(expected), op)
+            view = rest[0]
+            assert type(view) is memoryview
+            # No export: releasing the view would raise BufferError.
+            view.release()
+            kept = [m for m in op.memory[1:] if m]
+            assert kept
+            ring.enter(1.0)
+            ring.dispatch()
+            received = b""
+            while len(received) < len(expected):
+                received += right.recv(65536)
+            assert received == expected
+    finally:
+        ring.close()
+        left.close()
+        right.close()
+
+
 def test_socketClosedOnlyAfterItsOperationsAreSubmitted() -> None:
     """
     An SQE names its socket by descriptor number, resolved only when it is

@@ -81,6 +81,31 @@ def _keepable(piece: Any) -> Any:
     return _fromBuffer(piece)
 
 
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+def _pinned(piece: Any) -> tuple[Any, Any]:
+    """
+    What keeps C{piece}'s contents in place for the kernel while it lives,
+    and the address of its first byte.
+
+    A memoryview (the rest of a partly sent piece) is pinned through the
+    object it views, not through the view itself: a pinned view has an
+    export, and CPython's garbage collector, clearing a reference cycle that
+    holds both the view and what pins it (a closed connection whose send was
+    cancelled, kept by its protocol), can clear the view first and crash when
+    the export is then released.
+    """
+    if _BYTES_STAY_PUT and type(piece) is memoryview:
+        whole = _fromBuffer(piece.obj)
+        # The view's own export lasts only for this call.
+        start = _address(_fromBuffer(piece)) - _address(whole)
+        return whole, whole + start
+    keep = _keepable(piece)
+    return keep, keep
+
+
 # From the C headers: PyPy's socket module lacks it.
 MSG_NOSIGNAL: int = lib.MSG_NOSIGNAL
 _MSGHDR_SIZE = lib.ur_msghdr_size()
@@ -295,16 +320,16 @@ class Preparing:
                 memory: Any = (pieces,)
                 ud = _prepSend(ptr, fd, piece, length, MSG_NOSIGNAL, KIND_SEND)
             else:
-                buf = _keepable(piece)
-                memory = (pieces, buf)
+                keep, buf = _pinned(piece)
+                memory = (pieces, keep)
                 ud = _prepSend(ptr, fd, buf, length, MSG_NOSIGNAL, KIND_SEND)
         else:
             count = len(pieces)
             iov = ffi.new("struct iovec[]", count)
             buffers = []
             for i, piece in enumerate(pieces):
-                buf = _keepable(piece)
-                buffers.append(buf)
+                keep, buf = _pinned(piece)
+                buffers.append(keep)
                 entry = iov[i]
                 entry.iov_base = buf
                 entry.iov_len = len(piece)
