@@ -495,6 +495,52 @@ def _loadgen(
     return _runTool(command, 1, warmup + seconds)
 
 
+# The kernel's connection-tracking table, where a firewall has loaded it
+# (podman's and docker's rules do).
+CONNTRACK = Path("/proc/sys/net/netfilter")
+# Connections a second of a connection-per-request load may open, at most.
+_CONNECTIONS_PER_SECOND = 15000
+
+
+def waitForConntrackRoom(seconds: float, limit: float = 180.0) -> float:
+    """
+    Before a load that opens a connection per request for C{seconds}: wait
+    until the connection-tracking table, if the kernel has one, has room for
+    every connection it may open.  Each connection keeps an entry for two
+    minutes after it closes (C{nf_conntrack_tcp_timeout_time_wait}), and a
+    full table drops new connections' packets: their connects retry a second
+    later and the rate collapses, whichever the reactor, in whichever rounds
+    come once the earlier ones have filled it.
+
+    @return: how long it waited, in seconds.
+    """
+    countFile = CONNTRACK / "nf_conntrack_count"
+    try:
+        maximum = int((CONNTRACK / "nf_conntrack_max").read_text())
+        count = int(countFile.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    needed = int(seconds * _CONNECTIONS_PER_SECOND)
+    started = time.monotonic()
+    if count + needed > maximum:
+        print(
+            f"  waiting for room in the connection-tracking table "
+            f"({count:,} of {maximum:,} entries, {needed:,} wanted)",
+            flush=True,
+        )
+    while count + needed > maximum:
+        if time.monotonic() - started > limit:
+            raise RuntimeError(
+                f"the connection-tracking table stayed full ({count:,} of "
+                f"{maximum:,} entries) for {limit:g} s: raise "
+                f"net.netfilter.nf_conntrack_max, or run where nf_conntrack "
+                f"is not loaded"
+            )
+        time.sleep(1)
+        count = int(countFile.read_text())
+    return time.monotonic() - started
+
+
 def measure(
     tools: dict[str, Path],
     reactor: str,
@@ -509,6 +555,8 @@ def measure(
         data = _process(reactor, scenario, warmup, seconds)
         counters = data.pop("counters", None)
     else:
+        if scenario.variant in ("churn", "close"):
+            waitForConntrackRoom(warmup + seconds)
         server, port = _startServer(reactor, serverArguments(scenario))
         try:
             if scenario.kind == "web":

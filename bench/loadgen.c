@@ -596,8 +596,12 @@ int main(int argc, char **argv)
             epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
             if (churn_mode) {
                 close(c->fd);
-                if (start_cycle(c, epfd, now_ns()) < 0)
+                if (start_cycle(c, epfd, now_ns()) < 0) {
+                    /* This connection's cycles end here: counted, so that
+                     * the run reports errors rather than a lower rate. */
+                    errors++;
                     c->connecting = 0;
+                }
             }
         }
     }

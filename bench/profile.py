@@ -163,6 +163,8 @@ def profile(
     Run one scenario against one reactor's server with py-spy attached for
     the measured window.
     """
+    if scenario.variant in ("churn", "close"):
+        compare.waitForConntrackRoom(warmup + seconds)
     server, port = compare._startServer(reactor, compare.serverArguments(scenario))
     out = Path(tempfile.mkdtemp()) / "raw.txt"
     sampled: dict[str, Any] = {}
