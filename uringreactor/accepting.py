@@ -13,6 +13,7 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from twisted.python import failure, log
 
+from uringreactor.logcontext import ContextEntry
 from uringreactor.operations import F_MORE, Operation
 from uringreactor.outcomes import ACCEPT_AGAIN, ACCEPT_EXHAUSTED
 
@@ -96,7 +97,21 @@ class AcceptingPort:
         driver = self.reactor._driver
         if res >= 0:
             self._exhaustedLogged = False
-            driver.call(self, self._newConnection, res)
+            logContexts = driver.logContexts
+            stack = logContexts.stack
+            if stack is None:
+                driver.call(self, self._newConnection, res)
+            else:
+                # Driver.call, inlined: this runs once per connection.
+                stack.append(ContextEntry(self, logContexts.base))
+                try:
+                    self._newConnection(res)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err()
+                finally:
+                    stack.pop()
             if not flags & F_MORE:
                 driver.call(self, self._acceptBacklog)
         elif -res in ACCEPT_AGAIN:

@@ -40,6 +40,7 @@ from twisted.internet import main
 from twisted.internet.abstract import _dataMustBeBytes
 from twisted.python import log
 
+from uringreactor.logcontext import ContextEntry
 from uringreactor.operations import MSG_NOSIGNAL
 from uringreactor.receiving import Receiver, receiverFor
 from uringreactor.sending import Sender
@@ -142,7 +143,8 @@ class CompletionIO(_Host):
     def _register(self, driver: Any) -> None:
         if not self._registered:
             self._registered = True
-            driver.register(self)
+            # Driver.register, inlined: this runs once per connection.
+            driver.handles.add(self)
 
     # -- reading --------------------------------------------------------
 
@@ -235,7 +237,16 @@ class CompletionIO(_Host):
         self._tempDataLen += length
         if self.producer is not None:
             self._maybePauseProducer()  # type: ignore[attr-defined]
-        self.startWriting()
+        self._writing = True
+        if not self._flushQueued:
+            # _queueFlush, inlined as in write(): this runs once per request.
+            self._flushQueued = True
+            driver = self.reactor._driver
+            driver.flushQueue.append(self)
+            if self._sender is None:
+                self._sender = self._newSender(driver)
+            if not self._registered:
+                self._register(driver)
 
     def startWriting(self) -> None:
         """
@@ -318,7 +329,28 @@ class CompletionIO(_Host):
         @param justSent: whether a send of this transport's data has just
             succeeded (otherwise the buffer was already empty).
         """
-        self.reactor._driver.call(self, self._drainedInContext, justSent)
+        logContexts = self.reactor._driver.logContexts
+        stack = logContexts.stack
+        if stack is None:
+            logContexts.call(self, self._drainedInContext, justSent)
+            return
+        # LogContexts.call and _drainedInContext, inlined: this runs once
+        # per response that closes its connection or resumes a producer.
+        stack.append(ContextEntry(self, logContexts.base))
+        try:
+            try:
+                why = self._afterDrain(justSent)
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+            if why:
+                self.reactor._disconnectSelectable(self, why, False)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err()
+        finally:
+            stack.pop()
 
     def _drainedInContext(self, justSent: bool) -> None:
         try:
@@ -366,7 +398,7 @@ class CompletionIO(_Host):
         """
         if self._registered:
             self._registered = False
-            self.reactor._driver.unregister(self)
+            self.reactor._driver.handles.discard(self)
         if self._receiver is not None:
             self._receiver.close()
         if self._sender is not None:

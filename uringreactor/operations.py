@@ -451,21 +451,26 @@ class Preparing:
         """
         if op.handler.__class__ is _Cancelled:
             return False
-        if not self.owns(op):
+        ops = self.ops
+        tag = op.tag
+        # owns(op), inlined: a connection that closes with a receive armed
+        # cancels it.
+        if not (tag < len(ops) and ops[tag] is op):
             return self._cancelReaped(op, late)
-        rc = lib.ur_prep_cancel(self._ptr, op.tag)
+        rc = lib.ur_prep_cancel(self._ptr, tag)
         if rc > 0:
             # Withdrawn from the SQ: the kernel never sees it (its SQE is
             # now a no-op), and nothing of it has happened.  This is its
             # final completion, here and now: an operation cancelled before
             # it was submitted, as the kernel would report one.
-            self.ops[op.tag] = None
+            ops[tag] = None
             if late is not None:
                 late(-errno.ECANCELED, 0)
             return True
         op.handler = _Cancelled(self, late)
         self._cancelling += 1
-        self._check(rc)
+        if rc < 0:
+            raise submissionError(rc)
         return True
 
     def owns(self, op: Operation) -> bool:
@@ -493,7 +498,3 @@ class Preparing:
             for _, res, flags in waiting:
                 late(res, flags)
         return True
-
-    def _check(self, rc: int) -> None:
-        if rc < 0:
-            raise submissionError(rc)

@@ -32,9 +32,9 @@ import socket
 from typing import Any
 
 from twisted.internet import error, posixbase
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IReactorFDSet
 from twisted.logger import Logger
-from twisted.python import log
+from twisted.python import failure, log
 from zope.interface import implementer
 
 from uringreactor import process, tcp, udp, unix
@@ -42,6 +42,7 @@ from uringreactor._liburing import lib
 from uringreactor.bufferring import BufferRing
 from uringreactor.driver import Driver
 from uringreactor.features import Features
+from uringreactor.handle import CompletionIO
 from uringreactor.operations import Operation
 from uringreactor.ring import Ring
 
@@ -50,6 +51,12 @@ _log = Logger()
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _NO_FILEDESC = error.ConnectionFdescWentAway("File descriptor lost")
+# The failures _disconnectSelectable reports for these, made once, as
+# PosixReactorBase makes them.
+_LOST: dict[type[BaseException], failure.Failure] = {
+    error.ConnectionDone: failure.Failure(error.ConnectionDone()),
+    error.ConnectionLost: failure.Failure(error.ConnectionLost()),
+}
 
 # Provided buffer ring shared by all TCP connections of a reactor.
 BUFFER_COUNT = 512
@@ -190,6 +197,39 @@ class IOUringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         return self._removeAll(
             list(self._reads) + [h for h in handles if h._reading],
             list(self._writes) + [h for h in handles if h._writing],
+        )
+
+    def _disconnectSelectable(
+        self,
+        selectable: Any,
+        why: Any,
+        isRead: Any,
+        faildict: Any = _LOST,
+    ) -> None:
+        """
+        Disconnect C{selectable} for C{why}, as
+        L{PosixReactorBase._disconnectSelectable} does: half-close it (end
+        of input, for a transport that supports that), or lose it.
+
+        A stream transport of this reactor that is lost goes straight to
+        C{connectionLost}, without the C{removeReader} and C{removeWriter}
+        that precede it there.  Its C{connectionLost} stops reading and
+        writing and cancels what is in flight itself; C{removeReader} would
+        first cancel the receive in flight on its own, to keep what it still
+        brings for a transport that drops it a moment later.
+        """
+        if not isinstance(selectable, CompletionIO) or (
+            isRead
+            and why.__class__ is error.ConnectionDone
+            and IHalfCloseableDescriptor.providedBy(selectable)
+        ):
+            posixbase.PosixReactorBase._disconnectSelectable(
+                self, selectable, why, isRead, faildict
+            )
+            return
+        reason = faildict.get(why.__class__)
+        selectable.connectionLost(
+            reason if reason is not None else failure.Failure(why)
         )
 
     def getReaders(self) -> list[Any]:

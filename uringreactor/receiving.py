@@ -102,8 +102,11 @@ class Receiver(Operation):
     )
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        # No handler: the ring calls completed() itself (see Operation).
-        Operation.__init__(self, None, None)
+        # Operation.__init__, inlined (one per connection).  No handler: the
+        # ring calls completed() itself (see Operation).
+        self.tag = 0
+        self.handler = None
+        self.memory = None
         self.transport = transport
         self.driver = driver
         self.state = IDLE

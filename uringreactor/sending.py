@@ -121,8 +121,11 @@ class Sender(Operation):
     __slots__ = ("transport", "driver", "op", "length", "leftover", "leftoverLength")
 
     def __init__(self, transport: Any, driver: Driver) -> None:
-        # No handler: the ring calls completed() itself (see Operation).
-        Operation.__init__(self, None, None)
+        # Operation.__init__, inlined.  No handler: the ring calls
+        # completed() itself (see Operation).
+        self.tag = 0
+        self.handler = None
+        self.memory = None
         self.transport = transport
         self.driver = driver
         self.op: Operation | None = None
@@ -342,6 +345,20 @@ class Sender(Operation):
         self.length = 0
         self.leftover = None
         self.leftoverLength = 0
+        transport = self.transport
         # As a closed receiver does (see Receiver.close): no reference
         # cycle outlives the connection.
         self.transport = None
+        if (
+            op is None
+            and self.memory is None
+            and type(self) is Sender
+            and transport is not None
+        ):
+            # Nothing in flight: the next connection that writes may take
+            # this sender (see release), rather than each connection
+            # making its own.
+            transport._sender = None
+            pool = self.driver.idleSenders
+            if len(pool) < _IDLE_SENDERS:
+                pool.append(self)
