@@ -334,17 +334,11 @@ class CompletionIO(_Host):
         if stack is None:
             logContexts.call(self, self._drainedInContext, justSent)
             return
-        # LogContexts.call and _drainedInContext, inlined: this runs once
-        # per response that closes its connection or resumes a producer.
+        # LogContexts.call, inlined: this runs once per response that closes
+        # its connection or resumes a producer.
         stack.append(ContextEntry(self, logContexts.base))
         try:
-            try:
-                why = self._afterDrain(justSent)
-            except BaseException:
-                why = sys.exc_info()[1]
-                log.err()
-            if why:
-                self.reactor._disconnectSelectable(self, why, False)
+            self._drainedInContext(justSent)
         except KeyboardInterrupt:
             raise
         except BaseException:
