@@ -1,5 +1,5 @@
 """
-Build hooks for the two extension modules; all metadata lives in
+Build hooks for the extension modules; all metadata lives in
 pyproject.toml.
 
 - C{uringreactor._liburing}: the cffi binding to liburing (build_ffi.py).
@@ -8,6 +8,8 @@ pyproject.toml.
   API (cffi cannot make Python objects), built for CPython only (PyPy
   copies reads out through the cffi module: uringreactor.cffibuffers).
   It uses only liburing's inline helpers, so it links nothing.
+- C{uringreactor._pieces}: writeSequence's check of its pieces in one C
+  pass; CPython only as well (elsewhere the transport checks in Python).
 """
 
 import platform
@@ -20,6 +22,13 @@ if platform.python_implementation() == "CPython":
         Extension(
             "uringreactor._buffers",
             sources=["uringreactor/_buffers.c", "uringreactor/c/bufring.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        )
+    )
+    extensions.append(
+        Extension(
+            "uringreactor._pieces",
+            sources=["uringreactor/_pieces.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         )
     )

@@ -18,6 +18,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
 from tests.conftest import _release, requireFeature, run, sleep
+from uringreactor import handle
 from uringreactor.reactor import IOUringReactor
 
 
@@ -126,15 +127,49 @@ def test_writeSequenceRefusesWhatIsNotBytes(anyReactor: Any) -> None:
     @inlineCallbacks
     def work() -> Any:
         port, client, server = yield connectPair(anyReactor)
-        with pytest.raises(TypeError):
-            client.transport.writeSequence([b"lost ", "text"])
+        for refused in ("text", bytearray(b"array"), memoryview(b"view"), 1):
+            with pytest.raises(TypeError):
+                client.transport.writeSequence([b"lost ", refused])
         client.transport.writeSequence([b"kept ", Bytes(b"subclass")])
+        client.transport.writeSequence((b", ", b"a tuple"))
         client.transport.loseConnection()
         received = yield server.done
         yield port.stopListening()
         return received
 
-    assert run(anyReactor, work) == b"kept subclass"
+    assert run(anyReactor, work) == b"kept subclass, a tuple"
+
+
+@pytest.mark.parametrize(
+    "byteLength, subclassCounted",
+    [
+        pytest.param(
+            handle._byteLength,
+            handle._byteLength is not handle._byteLengthInPython,
+            id="built",
+        ),
+        pytest.param(handle._byteLengthInPython, False, id="python"),
+    ],
+)
+def test_writeSequenceCountsBytesOnly(byteLength: Any, subclassCounted: bool) -> None:
+    """
+    The check writeSequence makes of its pieces (in C where built) gives
+    their total length when all are bytes, and -1 otherwise, so that the
+    transport then checks each piece and raises Twisted's TypeError.  The C
+    check counts subclasses of bytes too; the Python one leaves them to the
+    transport's piece-by-piece check (which accepts them).
+    """
+
+    class Bytes(bytes):
+        pass
+
+    assert byteLength([]) == 0
+    assert byteLength([b"HTTP/1.1", b" ", b"200", b"\r\n"]) == 14
+    assert byteLength((b"ab", b"", b"cde")) == 5
+    for refused in ("text", bytearray(b"array"), memoryview(b"view"), None):
+        assert byteLength([b"ok", refused]) == -1
+        assert byteLength((refused,)) == -1
+    assert byteLength([b"ab", Bytes(b"cd")]) == (4 if subclassCounted else -1)
 
 
 class Blast(Protocol):

@@ -30,6 +30,7 @@ and disconnect it, via the reactor's C{_disconnectSelectable}.
 
 from __future__ import annotations
 
+import platform
 import socket
 import struct
 import sys
@@ -46,7 +47,27 @@ from uringreactor.receiving import Receiver, receiverFor
 from uringreactor.sending import Sender
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+
 _BYTES_ONLY = {bytes}
+
+
+def _byteLengthInPython(pieces: Any) -> int:
+    """
+    The total length of C{pieces} if they are all bytes, else -1: what
+    C{uringreactor._pieces.byte_length} does in C, for where that is not
+    built (PyPy, whose JIT compiles this well).  Also -1 for subclasses of
+    bytes, which the caller then checks one by one.
+    """
+    if not set(map(type, pieces)) <= _BYTES_ONLY:
+        return -1
+    return sum(map(len, pieces))
+
+
+if platform.python_implementation() == "CPython":
+    from uringreactor._pieces import byte_length as _byteLength
+else:
+    _byteLength = _byteLengthInPython
+
 
 if TYPE_CHECKING:
     # What the host class provides, and what the type checker should know
@@ -220,17 +241,19 @@ class CompletionIO(_Host):
         """
         Buffer every piece of C{iovec} (see L{ITransport.writeSequence}):
         C{FileDescriptor.writeSequence}, checking and counting the pieces in
-        one pass (twisted.web writes a response's headers this way, a few
-        dozen pieces per request).
+        one pass in C (twisted.web writes a response's headers this way, a
+        few dozen pieces per request).
         """
         if self.TLS:
             super().writeSequence(iovec)  # type: ignore[misc]
             return
-        if set(map(type, iovec)) != _BYTES_ONLY:
+        length = _byteLength(iovec)
+        if length < 0:
+            # Not a list or tuple of bytes only.
             for piece in iovec:
                 # Raises for anything but bytes (or a subclass of bytes).
                 _dataMustBeBytes(piece)
-        length = sum(map(len, iovec))
+            length = sum(map(len, iovec))
         if not self.connected or not iovec or self._writeDisconnected:
             return
         self._tempDataBuffer.extend(iovec)
