@@ -26,12 +26,12 @@ LIBASAN=$(cc -print-file-name=libasan.so)
 export LD_PRELOAD=$LIBASAN
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 "$VENV/bin/python" -c '
-import uringreactor._liburing as m, uringreactor._buffers as b
-for ext in (m, b):
+import uringreactor._liburing as m, uringreactor._buffers as b, uringreactor._pieces as p
+for ext in (m, b, p):
     print("extension:", ext.__file__)
     assert "build/asan" in ext.__file__, "the instrumented build is not the one imported"
 '
-for so in uringreactor/_liburing*.so uringreactor/_buffers*.so; do
+for so in uringreactor/_liburing*.so uringreactor/_buffers*.so uringreactor/_pieces*.so; do
     ldd "$so" | grep -q asan || { echo "$so not instrumented"; exit 1; }
 done
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
