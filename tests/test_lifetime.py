@@ -755,13 +755,18 @@ def test_closedConnectionsGiveTheirIdleSenderBack(uring: IOUringReactor) -> None
         servers: list[Any] = []
         port = uring.listenTCP(0, _factory(servers), interface="127.0.0.1")
         pool = uring._driver.idleSenders
+
+        @inlineCallbacks
+        def connect() -> Any:
+            client = Strict()
+            _client(uring, port.getHost().port, client)
+            yield client.made
+            while not servers:
+                yield sleep(uring, 0.001)
+            return client, servers.pop()
+
         # The response of a connection that closes once it has gone.
-        client = Strict()
-        _client(uring, port.getHost().port, client)
-        yield client.made
-        while not servers:
-            yield sleep(uring, 0.001)
-        server = servers.pop()
+        client, server = yield connect()
         server.transport.write(b"bye")
         sender = server.transport._sender
         pool.clear()
@@ -772,12 +777,7 @@ def test_closedConnectionsGiveTheirIdleSenderBack(uring: IOUringReactor) -> None
         kept = server.transport._sender
         # A send in flight when the connection is aborted: the client does
         # not read, so the kernel holds the send.
-        client = Strict()
-        _client(uring, port.getHost().port, client)
-        yield client.made
-        while not servers:
-            yield sleep(uring, 0.001)
-        server = servers.pop()
+        client, server = yield connect()
         client.transport.pauseProducing()
         # Write until the socket buffers are full and a send waits in the
         # kernel (how much fits depends on the machine's buffer sizes).

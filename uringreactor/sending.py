@@ -345,20 +345,16 @@ class Sender(Operation):
         self.length = 0
         self.leftover = None
         self.leftoverLength = 0
-        transport = self.transport
-        # As a closed receiver does (see Receiver.close): no reference
-        # cycle outlives the connection.
-        self.transport = None
         if (
             op is None
             and self.memory is None
             and type(self) is Sender
-            and transport is not None
+            and self.transport is not None
         ):
             # Nothing in flight: the next connection that writes may take
-            # this sender (see release), rather than each connection
-            # making its own.
-            transport._sender = None
-            pool = self.driver.idleSenders
-            if len(pool) < _IDLE_SENDERS:
-                pool.append(self)
+            # this sender, rather than each connection making its own.
+            self.release()
+        else:
+            # As a closed receiver does (see Receiver.close): no reference
+            # cycle outlives the connection.
+            self.transport = None
